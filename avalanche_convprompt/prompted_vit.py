@@ -1,0 +1,176 @@
+"""A timm VisionTransformer whose chosen blocks take per-head key/value prefixes.
+
+Prefix-tuning prepends ``L`` learned tokens to the keys and values of a block's
+self-attention, separately for every head. Queries are untouched, so the token
+sequence leaving the block keeps its length. timm 1.x has no hook for this, so
+:class:`PromptedViT` runs the backbone's own sub-modules in the same order as
+``VisionTransformer.forward_features`` and replaces only the attention of the
+prompted blocks with :func:`prefix_attention`. The wrapped timm model is not
+modified: its parameters, state-dict keys and unprompted forward stay intact.
+
+Shapes (``B`` batch, ``N`` tokens, ``C`` width, ``H`` heads, ``Dh = C / H``,
+``L`` prompt length)::
+
+    tokens        (B, N, C)
+    query         (B, C)         CLS token entering a prompted block
+    key prefix    (B, H, L, Dh)
+    value prefix  (B, H, L, Dh)
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from torch import Tensor, nn
+
+#: Called at every prompted block with ``(block_index, query)``; returns the
+#: ``(key_prefix, value_prefix)`` pair for that block.
+Prompter = Callable[[int, Tensor], Tuple[Tensor, Tensor]]
+
+
+def prefix_attention(attn: Attention, x: Tensor, key_prefix: Tensor, value_prefix: Tensor) -> Tensor:
+    """Multi-head self-attention of a timm ``Attention`` with key/value prefixes.
+
+    Uses the module's own projections, normalisations and its ``fused_attn``
+    switch, so with empty prefixes it computes exactly what ``attn(x)`` does.
+    Prefixes join the keys after ``k_norm``: they are learned directly in the
+    space the queries attend to.
+
+    Args:
+        attn: the block's attention module (weights are used, not changed).
+        x: normalised tokens ``(B, N, C)``.
+        key_prefix, value_prefix: ``(B, H, L, Dh)``.
+    Returns:
+        ``(B, N, C)`` attention output after the output projection.
+    """
+    B, N, _ = x.shape
+    H, Dh = attn.num_heads, attn.head_dim
+    if key_prefix.shape != value_prefix.shape or key_prefix.dim() != 4 or key_prefix.shape[1:2] != (H,) \
+            or key_prefix.shape[3] != Dh or key_prefix.shape[0] != B:
+        raise ValueError(
+            f"prefixes must both have shape (batch={B}, heads={H}, length, head_dim={Dh}); "
+            f"got keys {tuple(key_prefix.shape)} and values {tuple(value_prefix.shape)}")
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)                                   # each (B, H, N, Dh)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    k = torch.cat([key_prefix.to(k.dtype), k], dim=2)        # (B, H, L + N, Dh)
+    v = torch.cat([value_prefix.to(v.dtype), v], dim=2)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    if attn.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    else:
+        weights = (q * attn.scale) @ k.transpose(-2, -1)      # (B, H, N, L + N)
+        weights = attn.attn_drop(weights.softmax(dim=-1))
+        out = weights @ v
+    out = out.transpose(1, 2).reshape(B, N, H * Dh)
+    out = attn.norm(out)
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out))
+
+
+def prefixed_block(block: Block, x: Tensor, key_prefix: Tensor, value_prefix: Tensor) -> Tensor:
+    """One pre-norm timm ``Block`` whose attention sees the given prefixes."""
+    x = x + block.drop_path1(block.ls1(prefix_attention(block.attn, block.norm1(x), key_prefix, value_prefix)))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def resolve_backbone(backbone: Union[str, VisionTransformer], pretrained: bool = True, **timm_kwargs) -> VisionTransformer:
+    """A timm ``VisionTransformer`` from a model name or an instance.
+
+    A name goes through ``timm.create_model`` with ``num_classes=0`` (the
+    continual-learning heads live outside the backbone); an instance is used
+    as is. Anything that is not a class-token ViT made of standard pre-norm
+    blocks is refused with the reason, since prefix-tuning below relies on it.
+    """
+    if isinstance(backbone, str):
+        try:
+            model = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **timm_kwargs)
+        except RuntimeError as err:  # timm: unknown model name
+            raise ValueError(f"timm cannot build backbone {backbone!r}: {err}") from err
+    else:
+        model = backbone
+    check_backbone(model)
+    return model
+
+
+def check_backbone(model: nn.Module) -> None:
+    """Raise ``TypeError`` unless ``model`` is a ViT that prefix-tuning can drive."""
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(
+            f"backbone must be a timm VisionTransformer (e.g. 'vit_base_patch16_224'), got {type(model).__name__}")
+    if model.cls_token is None:
+        raise TypeError("backbone has no class token; ConvPrompt uses the CLS token as its query")
+    for i, blk in enumerate(model.blocks):
+        if not isinstance(blk, Block) or not isinstance(blk.attn, Attention):
+            raise TypeError(
+                f"block {i} is {type(blk).__name__} with {type(getattr(blk, 'attn', None)).__name__}; "
+                "only timm's standard pre-norm Block with Attention is supported")
+
+
+class PromptedViT(nn.Module):
+    """Runs a frozen timm ViT, prefix-prompting the blocks in ``prompt_layers``.
+
+    ``forward(x, prompter)`` returns the pooled pre-logits feature ``(B, C)``.
+    With ``prompter=None`` the result equals ``vit.forward_head(vit.forward_features(x), pre_logits=True)``.
+    """
+
+    def __init__(self, vit: VisionTransformer, prompt_layers: Sequence[int] = ()):
+        super().__init__()
+        check_backbone(vit)
+        depth = len(vit.blocks)
+        layers = tuple(int(i) for i in prompt_layers)
+        bad = [i for i in layers if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"prompt layers {bad} are outside the backbone's blocks 0..{depth - 1}")
+        if len(set(layers)) != len(layers) or list(layers) != sorted(layers):
+            raise ValueError(f"prompt layers must be strictly increasing, got {list(layers)}")
+        self.vit = vit
+        self.prompt_layers = layers
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def num_heads(self) -> int:
+        return self.vit.blocks[0].attn.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.vit.blocks[0].attn.head_dim
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    def check_input(self, x: Tensor) -> None:
+        """Clear errors for images the patch embedding cannot take."""
+        if x.dim() != 4:
+            raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
+        pe = self.vit.patch_embed
+        channels = pe.proj.in_channels
+        if x.shape[1] != channels:
+            raise ValueError(f"backbone expects {channels}-channel images, got {x.shape[1]} channels")
+        if getattr(pe, "strict_img_size", False) and not getattr(self.vit, "dynamic_img_size", False):
+            expected = tuple(pe.img_size)
+            if tuple(x.shape[-2:]) != expected:
+                raise ValueError(
+                    f"backbone expects {expected[0]}x{expected[1]} images, got {x.shape[-2]}x{x.shape[-1]}; "
+                    "resize the inputs (e.g. transforms.Resize) or build the backbone with img_size=...")
+
+    def forward(self, x: Tensor, prompter: Optional[Prompter] = None) -> Tensor:
+        self.check_input(x)
+        vit = self.vit
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        for i, blk in enumerate(vit.blocks):
+            if prompter is not None and i in self.prompt_layers:
+                key_prefix, value_prefix = prompter(i, x[:, 0])
+                x = prefixed_block(blk, x, key_prefix, value_prefix)
+            else:
+                x = blk(x)
+        return vit.forward_head(vit.norm(x), pre_logits=True)
