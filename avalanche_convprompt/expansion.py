@@ -1,0 +1,93 @@
+"""How many prompt generators each experience gets: a plugin and its policies.
+
+:class:`PromptExpansionPlugin` asks its policy at the start of every training
+experience and grows the strategy's prompt pool accordingly. It acts in
+``before_train_dataset_adaptation``: that is the last callback before Avalanche
+adapts the model and builds the optimiser, so the new generators are in the
+optimiser of the same experience. A policy sees only class ids (new and
+earlier), so a policy that reads class descriptions (the language-model policy)
+plugs in without touching the strategy.
+
+Each decision is kept in :attr:`PromptExpansionPlugin.history` and published to
+the evaluator as metrics ``PromptPool/Generators_Added/ExpNNN`` and
+``PromptPool/Generators_Total`` (plus any numbers the policy reports, such as a
+similarity), so loggers and ``evaluator.get_all_metrics()`` see them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Protocol, Sequence
+
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metric_results import MetricValue
+
+
+@dataclass
+class Allocation:
+    """One policy decision: ``generators`` for an experience, with the numbers behind it."""
+
+    experience: int
+    generators: int
+    classes: List[int] = field(default_factory=list)
+    info: Dict[str, float] = field(default_factory=dict)
+
+
+class AllocationPolicy(Protocol):
+    """Decides the number of new generators for an experience."""
+
+    def allocate(self, experience: int, new_classes: Sequence[int], previous_classes: Sequence[int]) -> Allocation:
+        ...
+
+
+class FixedAllocation:
+    """The same number of generators for every experience (paper: 5)."""
+
+    def __init__(self, generators_per_experience: int = 5):
+        if generators_per_experience < 1:
+            raise ValueError(f"generators_per_experience must be >= 1, got {generators_per_experience}")
+        self.generators_per_experience = int(generators_per_experience)
+
+    def allocate(self, experience: int, new_classes: Sequence[int], previous_classes: Sequence[int]) -> Allocation:
+        return Allocation(experience, self.generators_per_experience, list(new_classes))
+
+
+class PromptExpansionPlugin(SupervisedPlugin):
+    """Grows the prompt pool at the start of each training experience."""
+
+    def __init__(self, policy: AllocationPolicy):
+        super().__init__()
+        self.policy = policy
+        self.history: List[Allocation] = []
+
+    @property
+    def previous_classes(self) -> List[int]:
+        return [c for a in self.history for c in a.classes]
+
+    def before_train_dataset_adaptation(self, strategy, *args, **kwargs):
+        experience = strategy.experience.current_experience
+        new_classes = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
+        decision = self.policy.allocate(len(self.history), new_classes, self.previous_classes)
+        if int(decision.generators) < 1:
+            raise ValueError(f"allocation policy gave {decision.generators} generators for experience {experience}")
+        decision.classes = new_classes
+        pool = strategy.net.prompt_module
+        pool.add_generators(int(decision.generators))
+        self.history.append(decision)
+        self._publish(strategy, decision, experience, pool.num_generators)
+
+    def _publish(self, strategy, decision: Allocation, experience: int, total: int) -> None:
+        evaluator = getattr(strategy, "evaluator", None)
+        if evaluator is None:
+            return
+        x = strategy.clock.train_iterations
+        values = {f"PromptPool/Generators_Added/Exp{experience:03d}": decision.generators,
+                  "PromptPool/Generators_Total": total}
+        values.update({f"PromptPool/{k}/Exp{experience:03d}": v for k, v in decision.info.items()})
+        for name, value in values.items():
+            evaluator.publish_metric_value(MetricValue(self, name, value, x))
+
+    def state_dict(self) -> Dict:
+        return {"history": [vars(a).copy() for a in self.history]}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.history = [Allocation(**a) for a in state["history"]]

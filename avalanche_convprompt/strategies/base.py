@@ -1,0 +1,163 @@
+"""What every prompt strategy over a frozen ViT shares: heads, optimiser, schedule.
+
+:class:`PromptedViTTemplate` is an Avalanche ``SupervisedTemplate`` that
+
+* grows one classifier head per experience from
+  ``experience.classes_in_this_experience`` (any ids, any order), freezing the
+  earlier heads when the subclass asks for it;
+* re-creates Adam at every experience over the parameter groups the subclass
+  names, with a cosine decay to 0 over the experience's iterations
+  (``torch.optim.lr_scheduler.CosineAnnealingLR``) and gradient clipping;
+* gives the backbone's LayerNorms ``norm_lr_scale x lr`` from the second
+  experience on;
+* evaluates over all classes seen so far; labels of classes not trained yet
+  count as errors, never as crashes.
+
+Subclasses provide :meth:`trainable_groups` and :meth:`training_loss`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from ..heads import label_positions
+from ..model import PromptedClassifier
+
+
+def unwrap(model: nn.Module) -> PromptedClassifier:
+    """The :class:`PromptedClassifier` inside a DDP/DataParallel wrapper, or the model itself."""
+    return getattr(model, "module", model)
+
+
+class PromptedViTTemplate(SupervisedTemplate):
+    """Base Avalanche strategy for prompt methods on a frozen timm ViT.
+
+    Keyword-only arguments (Avalanche wraps ``__init__`` and requires it):
+
+    Args:
+        model: the :class:`PromptedClassifier` to train.
+        lr: base learning rate; ``None`` means ``base_lr * train_mb_size / 256``.
+        base_lr: the rate for a batch of 256 when ``lr`` is ``None``.
+        norm_lr_scale: factor on ``lr`` for the backbone LayerNorms from the
+            second experience on.
+        clip_grad_norm: max global gradient norm (``None`` disables clipping).
+        freeze_old_heads: freeze a head when the next experience starts.
+        The remaining arguments are ``SupervisedTemplate``'s.
+    """
+
+    def __init__(self, *, model: PromptedClassifier, lr: Optional[float] = None, base_lr: float = 0.005,
+                 norm_lr_scale: float = 0.005, clip_grad_norm: Optional[float] = 1.0, freeze_old_heads: bool = True,
+                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
+                 device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
+                 **kwargs):
+        if train_mb_size < 1 or train_epochs < 1:
+            raise ValueError(f"train_mb_size and train_epochs must be >= 1, got {train_mb_size}, {train_epochs}")
+        self.lr = float(lr) if lr is not None else base_lr * train_mb_size / 256
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        self.norm_lr_scale = norm_lr_scale
+        self.clip_grad_norm = clip_grad_norm
+        self.freeze_old_heads = freeze_old_heads
+        self.scheduler: Optional[CosineAnnealingLR] = None
+        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        placeholder = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+        super().__init__(model=model, optimizer=placeholder, criterion=nn.CrossEntropyLoss(),
+                         train_mb_size=train_mb_size, train_epochs=train_epochs,
+                         eval_mb_size=eval_mb_size or train_mb_size, device=device, plugins=plugins,
+                         evaluator=evaluator, eval_every=eval_every, **kwargs)
+
+    # ------------------------------------------------------------- bookkeeping
+    @property
+    def net(self) -> PromptedClassifier:
+        return unwrap(self.model)
+
+    @property
+    def task_index(self) -> int:
+        """Index of the experience being (or last) trained: number of heads minus one."""
+        return len(self.net.heads) - 1
+
+    def current_classes(self) -> Tensor:
+        return self.net.heads.heads[-1].class_ids
+
+    # ----------------------------------------------------------- model growth
+    def model_adaptation(self, model=None):
+        """While training: add the head for this experience's classes."""
+        model = model if model is not None else self.model
+        if self.is_training:
+            classes = self.experience.classes_in_this_experience
+            if not len(classes):
+                raise ValueError(f"experience {self.experience.current_experience} has no classes")
+            heads = unwrap(model).heads
+            heads.add_head(classes)
+            if not self.freeze_old_heads:
+                heads.requires_grad_(True)
+        return model.to(self.device)
+
+    # -------------------------------------------------------------- optimiser
+    def trainable_groups(self) -> List[Dict]:
+        """Parameter groups (``{'params': [...], 'lr': ...}``) for this experience."""
+        raise NotImplementedError
+
+    def make_optimizer(self, **kwargs):
+        """Fresh Adam and cosine schedule for this experience (called after model growth).
+
+        Gradients left from the previous experience are dropped first: frozen
+        parameters leave the optimiser, so nothing else would ever clear them.
+        """
+        self.model.zero_grad(set_to_none=True)
+        groups = [g for g in self.trainable_groups() if g["params"]]
+        self.optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=0.0)
+        steps = max(1, self.train_epochs * len(self.dataloader)) if self.dataloader else 1
+        self.scheduler = CosineAnnealingLR(self.optimizer, T_max=steps, eta_min=0.0)
+
+    def check_model_and_optimizer(self, reset_optimizer_state=False, **kwargs):
+        self.model = self.model_adaptation()
+        self.make_optimizer(**kwargs)
+
+    def norm_lr(self) -> float:
+        return self.lr if self.task_index == 0 else self.lr * self.norm_lr_scale
+
+    def optimizer_step(self):
+        if self.clip_grad_norm is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    # ----------------------------------------------------------------- losses
+    def forward(self):
+        return self.model(self.mb_x)
+
+    def training_loss(self) -> Tensor:
+        raise NotImplementedError
+
+    def criterion(self) -> Tensor:
+        if self.is_training:
+            return self.training_loss()
+        return self.eval_loss()
+
+    def eval_loss(self) -> Tensor:
+        """Cross-entropy over seen classes, on the samples whose class was seen."""
+        seen = torch.as_tensor(self.net.heads.seen_classes, device=self.mb_output.device)
+        known = torch.isin(self.mb_y, seen)
+        if not bool(known.any()):
+            return self.mb_output.new_zeros(())
+        logits = self.mb_output[known][:, seen]
+        return F.cross_entropy(logits, label_positions(self.mb_y[known], seen))
+
+    def masked_cross_entropy(self, class_ids: Tensor) -> Tensor:
+        """Cross-entropy over the logits of ``class_ids`` only."""
+        logits = self.mb_output[:, class_ids.to(self.mb_output.device)]
+        try:
+            targets = label_positions(self.mb_y, class_ids.to(self.mb_y.device))
+        except ValueError as err:
+            raise ValueError(
+                f"experience {self.experience.current_experience}, iteration {self.clock.train_epoch_iterations}: "
+                f"{err}") from err
+        return F.cross_entropy(logits, targets)
