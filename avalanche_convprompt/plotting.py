@@ -1,0 +1,54 @@
+"""Pictures of a continual-learning run: accuracy over the stream and accuracy matrices."""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")                      # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .evaluation import RunSummary  # noqa: E402
+from .files import atomic_path  # noqa: E402
+
+
+def seen_class_accuracy_curve(matrix: Sequence[Sequence[float]]):
+    """Mean accuracy over the experiences seen so far, after each experience."""
+    m = np.asarray(matrix, dtype=float)
+    return [float(m[t, : t + 1].mean()) for t in range(len(m))]
+
+
+def plot_runs(summaries: Dict[str, RunSummary], path: str, title: str = "") -> str:
+    """One PNG: accuracy on seen classes per experience (left), then each method's accuracy matrix."""
+    n = len(summaries)
+    fig, axes = plt.subplots(1, n + 1, figsize=(4.2 * (n + 1), 3.8), squeeze=False)
+    curve_ax = axes[0, 0]
+    for name, s in summaries.items():
+        curve = seen_class_accuracy_curve(s.accuracy_matrix)
+        curve_ax.plot(range(1, len(curve) + 1), curve, marker="o", label=f"{name} ({s.average_accuracy:.1f})")
+    curve_ax.set_xlabel("experiences trained")
+    curve_ax.set_ylabel("accuracy on seen classes (%)")
+    curve_ax.set_ylim(0, 100)
+    curve_ax.grid(alpha=0.3)
+    curve_ax.legend(fontsize=8)
+    for ax, (name, s) in zip(axes[0, 1:], summaries.items()):
+        m = np.asarray(s.accuracy_matrix, dtype=float)
+        mask = np.triu(np.ones_like(m, dtype=bool), k=1)       # not yet trained: blank
+        im = ax.imshow(np.ma.masked_array(m, mask), vmin=0, vmax=100, cmap="viridis")
+        for (t, i), v in np.ndenumerate(m):
+            if i <= t:
+                ax.text(i, t, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 60 else "black")
+        ax.set_title(f"{name}: forgetting {s.average_forgetting:.1f}", fontsize=9)
+        ax.set_xlabel("tested on experience")
+        ax.set_ylabel("after training experience")
+        ax.set_xticks(range(len(m)))
+        ax.set_yticks(range(len(m)))
+    fig.colorbar(im, ax=axes[0, 1:].tolist(), shrink=0.8, label="accuracy (%)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
