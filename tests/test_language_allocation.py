@@ -1,0 +1,120 @@
+"""Language-model allocation: similarity of descriptors decides the generators per task."""
+import os
+
+import pytest
+import torch
+from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+
+from avalanche_convprompt import ConvPrompt, PromptExpansionPlugin
+from avalanche_convprompt.descriptors import load_descriptors
+from avalanche_convprompt.language_allocation import (LanguageModelAllocation, SentenceEncoder,
+                                                       class_descriptors, descriptor_similarity,
+                                                       generators_from_similarity)
+
+from conftest import blob_datasets, tiny_vit
+
+FRUIT = {0: ["round red fruit", "smooth glossy skin", "short stem on top"],
+         1: ["long curved yellow fruit", "peel that is easy to remove", "grows in bunches"]}
+VEHICLES = {2: ["four wheels and a metal body", "headlights at the front", "driving on a road"],
+            3: ["two wheels and a chain", "pedals and handlebars", "ridden by a person"]}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"          # the default must load without network
+    return SentenceEncoder()
+
+
+def test_offline_default_encoder_gives_meaningful_similarities(encoder):
+    emb = encoder.encode(["a red apple", "a green apple", "a diesel locomotive"])
+    assert emb.shape[0] == 3
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
+
+
+def test_similar_task_gets_fewer_generators_than_unrelated_task(encoder):
+    descriptors = {**FRUIT, **VEHICLES,
+                   4: ["round red fruit with a glossy skin", "short stem on top of the fruit"],   # like class 0
+                   5: ["four wheels and a metal body", "headlights at the front"]}             # copies of 2
+    policy = LanguageModelAllocation(descriptors, max_generators=5, encoder=encoder)
+    first = policy.allocate(0, [0, 1], [])
+    similar = policy.allocate(1, [4], [0, 1])
+    unrelated = policy.allocate(1, [2, 3], [0, 1])
+    assert first.generators == 5 and "similarity" not in first.info
+    assert similar.info["similarity"] > unrelated.info["similarity"]
+    assert similar.generators < unrelated.generators
+    identical = policy.allocate(2, [5], [0, 1, 2, 3])
+    assert identical.info["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert identical.generators == 1                          # the minimum
+
+
+def test_similarity_formula_against_a_hand_computation(encoder):
+    cur, prev = ["striped fur", "long tail"], ["striped fur", "short ears", "black nose"]
+    e_cur, e_prev = encoder.encode(cur), encoder.encode(prev)
+    expected = float(max(e_cur[0] @ e_prev.T) + max(e_cur[1] @ e_prev.T)) / 2
+    assert descriptor_similarity(cur, prev, encoder) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("sim, n", [(0.0, 5), (0.2, 4), (0.79, 2), (0.8, 1), (0.81, 1), (1.0, 1), (-0.3, 5)])
+def test_generators_from_similarity(sim, n):
+    assert generators_from_similarity(sim, 5) == n
+
+
+def test_embeddings_are_cached_per_descriptor(encoder):
+    fresh = SentenceEncoder(encoder.model)
+    fresh.encode(["a", "b", "a"])
+    assert fresh.cache_size == 2
+    fresh.encode(["b", "c"])
+    assert fresh.cache_size == 3
+
+
+def test_same_sequence_on_two_runs_with_the_offline_encoder():
+    cifar = load_descriptors("cifar100")
+    keys = {i: k for i, k in enumerate(list(cifar.keys())[:20])}
+    runs = []
+    for _ in range(2):
+        policy = LanguageModelAllocation(class_descriptors(keys, cifar), max_generators=5, encoder=SentenceEncoder())
+        seen, seq = [], []
+        for t in range(5):
+            new = list(range(4 * t, 4 * t + 4))
+            a = policy.allocate(t, new, seen)
+            seq.append((a.generators, a.info.get("similarity")))
+            seen += new
+        runs.append(seq)
+    assert runs[0] == runs[1]
+    assert [n for n, _ in runs[0]][0] == 5 and all(1 <= n <= 5 for n, _ in runs[0])
+
+
+def test_missing_descriptors_error_or_fallback():
+    cifar = load_descriptors("cifar100")
+    with pytest.raises(KeyError, match=r"no descriptors for 1 classes.*'spaceship'"):
+        class_descriptors({0: "apple", 1: "spaceship"}, cifar)
+    with pytest.warns(UserWarning, match="using their class names"):
+        got = class_descriptors({0: "apple", 1: "space_ship"}, cifar, missing="class_name")
+    assert got[1] == ["space ship"] and got[0] == cifar.descriptors("apple")
+
+
+def test_class_name_only_variant(encoder):
+    policy = LanguageModelAllocation.from_class_names({0: "apple", 1: "pear", 2: "aircraft_carrier"},
+                                                      encoder=encoder)
+    assert policy.descriptors[2] == ["aircraft carrier"]
+    assert policy.allocate(1, [1], [0]).info["similarity"] > policy.allocate(1, [2], [0]).info["similarity"]
+
+
+def test_pool_size_is_the_sum_of_allocations_and_counted_in_parameters(encoder):
+    ids = [0, 1, 2, 3, 4, 5]
+    descriptors = {0: FRUIT[0], 1: FRUIT[1], 2: VEHICLES[2], 3: VEHICLES[3],
+                   4: FRUIT[0][:2] + ["red skin"], 5: FRUIT[1][:2] + ["yellow peel"]}
+    train, test = blob_datasets(ids)
+    bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=3, class_order=ids)
+    plugin = PromptExpansionPlugin(LanguageModelAllocation(descriptors, max_generators=5, encoder=encoder))
+    strategy = ConvPrompt(backbone=tiny_vit(), prompt_layers=(0, 1), prompt_length=4, kernel_size=3,
+                          train_mb_size=16, train_epochs=1, device="cpu", evaluator=None, plugins=[plugin])
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    allocated = [a.generators for a in plugin.history]
+    assert allocated[0] == 5 and allocated[2] < allocated[1]    # experience 2 repeats fruit
+    assert strategy.prompt_pool.num_generators == sum(allocated)
+    per_generator = 2 * 2 * 4 * (3 * 3 + 1) + 64 // 4            # (layers x heads x sides x (k*k+1)) + key
+    parts = strategy.net.parameter_breakdown()
+    assert parts["generators"] + parts["keys"] == sum(allocated) * per_generator
