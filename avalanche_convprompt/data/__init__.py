@@ -1,0 +1,38 @@
+"""Offline data for the quickstart: the procedurally rendered SynthShapes dataset."""
+from .synthetic_shapes import (
+    CLASS_NAMES,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    PATTERN_ADJECTIVES,
+    PATTERNS,
+    PRETRAIN_CLASSES,
+    SHAPES,
+    SPLITS,
+    STREAM_CLASSES,
+    SyntheticBenchmarkInfo,
+    SyntheticShapes,
+    class_id,
+    class_names,
+    class_shape_pattern,
+    make_synthetic_benchmark,
+    render_images,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "IMAGE_SIZE",
+    "NUM_CLASSES",
+    "PATTERN_ADJECTIVES",
+    "PATTERNS",
+    "PRETRAIN_CLASSES",
+    "SHAPES",
+    "SPLITS",
+    "STREAM_CLASSES",
+    "SyntheticBenchmarkInfo",
+    "SyntheticShapes",
+    "class_id",
+    "class_names",
+    "class_shape_pattern",
+    "make_synthetic_benchmark",
+    "render_images",
+]
