@@ -10,10 +10,13 @@ from avalanche_convprompt.descriptors import (
 from avalanche_convprompt.descriptors.official_classes import (
     CIFAR100_CLASSES, CUB200_CLASSES, IMAGENET_R_CLASSES, IMAGENET_R_WNIDS)
 
+from avalanche_convprompt.data import CLASS_NAMES  # noqa: E402
+
 OFFICIAL_KEYS = {
     "cifar100": list(CIFAR100_CLASSES),
     "imagenet_r": list(IMAGENET_R_WNIDS),
     "cub200": list(CUB200_CLASSES),
+    "synthetic": list(CLASS_NAMES),          # the SynthShapes universe, in class-id order
 }
 
 

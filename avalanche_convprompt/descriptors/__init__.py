@@ -14,12 +14,13 @@ A descriptor set is a JSON file of this form (UTF-8)::
 ``descriptors`` list of non-empty strings with no duplicates (compared case- and
 whitespace-insensitively); ``name`` is optional and defaults to the key.
 
-Three sets ship with the package (``SHIPPED_SETS``), keyed by the official class lists in
-:mod:`avalanche_convprompt.descriptors.official_classes`:
+Four sets ship with the package (``SHIPPED_SETS``), the first three keyed by the official class
+lists in :mod:`avalanche_convprompt.descriptors.official_classes`:
 
 * ``"cifar100"``: torchvision's ``CIFAR100(...).classes`` names (``"aquarium_fish"``);
 * ``"imagenet_r"``: WordNet ids, the ImageNet-R folder names (``"n01443537"``);
-* ``"cub200"``: CUB-200-2011 ``classes.txt`` entries (``"001.Black_footed_Albatross"``).
+* ``"cub200"``: CUB-200-2011 ``classes.txt`` entries (``"001.Black_footed_Albatross"``);
+* ``"synthetic"``: the offline SynthShapes class names (``"polka-dot triangle"``).
 
 >>> ds = load_descriptors("cifar100")
 >>> ds.name("aquarium_fish"), len(ds)
@@ -36,7 +37,7 @@ from typing import Iterator, Mapping
 
 __all__ = ["ClassDescriptors", "DescriptorSet", "SHIPPED_SETS", "load_descriptors", "shipped_path"]
 
-SHIPPED_SETS: tuple[str, ...] = ("cifar100", "imagenet_r", "cub200")
+SHIPPED_SETS: tuple[str, ...] = ("cifar100", "imagenet_r", "cub200", "synthetic")
 """Names accepted by :func:`load_descriptors` and :func:`shipped_path`."""
 
 
