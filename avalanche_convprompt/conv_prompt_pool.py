@@ -31,7 +31,8 @@ Layouts (``D`` prompted layers, ``H`` heads, ``G`` generators, ``k`` kernel)::
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,7 @@ class ConvPromptPool(nn.Module):
         self.conv_weights = nn.ParameterList()
         self.conv_biases = nn.ParameterList()
         self.keys = nn.ParameterList()
+        self._reused: Optional[Tuple[Tuple[int, ...], List[Tuple[Tensor, Tensor]]]] = None
         self.register_load_state_dict_pre_hook(_grow_pool_to_match_state_dict)
 
     # ------------------------------------------------------------------ pool
@@ -181,6 +183,10 @@ class ConvPromptPool(nn.Module):
         if not len(self.keys):
             raise RuntimeError("the prompt pool is empty: call add_generators() before the first forward")
         tasks = range(len(self.keys))
+        if self._reused is not None and not torch.is_grad_enabled():
+            if self._reused[0] != self._parameter_versions():      # a parameter changed: convolve again
+                self._reused = (self._parameter_versions(), [self.generator_outputs(list(tasks))])
+            return ConvPrompter(self, self._reused[1])
         if torch.is_grad_enabled():
             frozen = [t for t in tasks if not self.conv_weights[t].requires_grad]
             live = [t for t in tasks if self.conv_weights[t].requires_grad]
@@ -188,6 +194,26 @@ class ConvPromptPool(nn.Module):
         else:
             groups = [list(tasks)]
         return ConvPrompter(self, [self.generator_outputs(g) for g in groups])
+
+
+    def _parameter_versions(self) -> Tuple[int, ...]:
+        return tuple(v for p in self.parameters() for v in (id(p), p._version))
+
+    @contextmanager
+    def reuse_generator_outputs(self) -> Iterator[None]:
+        """Convolve once and reuse the outputs for every no-grad forward inside the block.
+
+        The generator outputs do not depend on the input, so an evaluation pass
+        over many batches needs them once. The strategies wrap their evaluation
+        loop in this. As a guard, the outputs are recomputed if any parameter's
+        version counter moves; forwards with autograd on never use them.
+        """
+        previous = self._reused
+        self._reused = ((), [])                # filled by the first no-grad prompter() call
+        try:
+            yield
+        finally:
+            self._reused = previous
 
 
 class ConvPrompter:

@@ -117,3 +117,31 @@ def test_errors():
         prompter(1, torch.randn(1, 16))
     with pytest.raises(RuntimeError, match="visited in order"):
         prompter(2, torch.randn(1, 16))
+
+
+def test_reused_outputs_equal_fresh_ones_and_follow_parameter_changes():
+    pool = build_pool(SHAPES[0])
+    queries = [torch.randn(3, 24) for _ in range(2)]
+    calls = []
+    original = pool.generator_outputs
+    pool.generator_outputs = lambda tasks: calls.append(tuple(tasks)) or original(tasks)
+    with torch.no_grad():
+        fresh = run_vectorised(pool, queries)
+        calls.clear()
+        with pool.reuse_generator_outputs():
+            first = run_vectorised(pool, queries)
+            second = run_vectorised(pool, queries)
+            assert len(calls) == 1                                  # convolved once for both passes
+            pool.shared_embeddings.mul_(0.5)                        # a parameter changes in place...
+            changed = run_vectorised(pool, queries)
+            assert len(calls) == 2                                  # ...so the outputs are recomputed
+        outside = run_vectorised(pool, queries)
+    for a, b, c in zip(fresh, first, second):
+        assert torch.equal(a[0], b[0]) and torch.equal(b[0], c[0])
+    for a, b in zip(changed, outside):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(changed[0][0], first[0][0])
+    with pool.reuse_generator_outputs():                             # autograd on: never reused
+        calls.clear()
+        run_vectorised(pool, queries), run_vectorised(pool, queries)
+        assert len(calls) == 4                                      # frozen + live group, twice

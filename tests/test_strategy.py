@@ -175,3 +175,24 @@ def test_bad_experiences_fail_clearly(tiny_convprompt_kwargs):
     wrong_size = ConvPrompt(backbone="vit_tiny_patch16_224", pretrained=False, **tiny_convprompt_kwargs)
     with pytest.raises(ValueError, match="expects 224x224 images, got 32x32"):
         wrong_size.train(bm.train_stream[0])
+
+
+def test_evaluation_convolves_once_per_pass_and_matches_a_plain_forward(tiny_convprompt_kwargs):
+    train, test = blob_datasets([0, 1, 2, 3], test_per_class=20)
+    bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2)
+    strategy = ConvPrompt(backbone=tiny_vit(), lr=0.01, **dict(tiny_convprompt_kwargs, eval_mb_size=8))
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    pool = strategy.prompt_pool
+    calls = []
+    original = pool.generator_outputs
+    pool.generator_outputs = lambda tasks: calls.append(1) or original(tasks)
+    outputs = []
+    hook = strategy.model.register_forward_hook(lambda m, i, o: outputs.append((i[0], o)))
+    strategy.eval(bm.test_stream)                     # 2 experiences x 40 images, batches of 8
+    hook.remove()
+    assert len(outputs) == 10 and len(calls) == 2     # one convolution per evaluated experience
+    strategy.model.eval()
+    with torch.no_grad():
+        for x, out in outputs:
+            assert torch.equal(strategy.model(x), out)

@@ -130,6 +130,14 @@ class PromptedViTTemplate(SupervisedTemplate):
         self.optimizer.step()
         self.scheduler.step()
 
+    def eval_epoch(self, **kwargs):
+        """Avalanche's evaluation loop; prompt pools convolve once for the whole pass."""
+        pool = self.net.prompt_module
+        if pool is None or not hasattr(pool, "reuse_generator_outputs"):
+            return super().eval_epoch(**kwargs)
+        with pool.reuse_generator_outputs():
+            return super().eval_epoch(**kwargs)
+
     # ----------------------------------------------------------------- losses
     def forward(self):
         return self.model(self.mb_x)
