@@ -52,3 +52,34 @@ def plot_runs(summaries: Dict[str, RunSummary], path: str, title: str = "") -> s
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
     return path
+
+
+def plot_allocation(allocation, path: str, max_generators: int = 5, title: str = "") -> str:
+    """Generators added per experience (bars) and the similarity that decided it (line).
+
+    ``allocation`` is a list of dicts with ``experience``, ``generators`` and,
+    from the second experience on, ``similarity`` (as ``RunSummary.extra``).
+    """
+    exps = [a["experience"] for a in allocation]
+    gens = [a["generators"] for a in allocation]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.bar(exps, gens, color="tab:blue", alpha=0.7, label="generators added")
+    ax.plot(exps, np.cumsum(gens), color="tab:blue", marker="s", label="pool size")
+    ax.set_xlabel("experience")
+    ax.set_ylabel("generators")
+    ax.set_xticks(exps)
+    sims = [(a["experience"], a["similarity"]) for a in allocation if a.get("similarity") is not None]
+    handles, labels = ax.get_legend_handles_labels()
+    if sims:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*sims), color="tab:orange", marker="o", label="similarity to earlier classes")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("descriptor similarity")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=8, loc="upper left")
+    ax.set_title(title or f"prompt allocation (n_max = {max_generators})", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
