@@ -66,7 +66,9 @@ class PromptExpansionPlugin(SupervisedPlugin):
     def before_train_dataset_adaptation(self, strategy, *args, **kwargs):
         experience = strategy.experience.current_experience
         new_classes = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
-        decision = self.policy.allocate(len(self.history), new_classes, self.previous_classes)
+        # what came before is read from the model (its heads), so a reloaded model continues correctly
+        heads = strategy.net.heads
+        decision = self.policy.allocate(len(heads), new_classes, heads.seen_classes)
         if int(decision.generators) < 1:
             raise ValueError(f"allocation policy gave {decision.generators} generators for experience {experience}")
         decision.classes = new_classes
@@ -85,9 +87,3 @@ class PromptExpansionPlugin(SupervisedPlugin):
         values.update({f"PromptPool/{k}/Exp{experience:03d}": v for k, v in decision.info.items()})
         for name, value in values.items():
             evaluator.publish_metric_value(MetricValue(self, name, value, x))
-
-    def state_dict(self) -> Dict:
-        return {"history": [vars(a).copy() for a in self.history]}
-
-    def load_state_dict(self, state: Dict) -> None:
-        self.history = [Allocation(**a) for a in state["history"]]

@@ -13,6 +13,14 @@ from .evaluation import RunSummary  # noqa: E402
 from .files import atomic_path  # noqa: E402
 
 
+def _save(fig, path: str) -> str:
+    """Write a PNG atomically (an interrupted run leaves the previous plot, not half a file)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
 def seen_class_accuracy_curve(matrix: Sequence[Sequence[float]]):
     """Mean accuracy over the experiences seen so far, after each experience."""
     m = np.asarray(matrix, dtype=float)
@@ -48,10 +56,7 @@ def plot_runs(summaries: Dict[str, RunSummary], path: str, title: str = "") -> s
     fig.colorbar(im, ax=axes[0, 1:].tolist(), shrink=0.8, label="accuracy (%)")
     if title:
         fig.suptitle(title, fontsize=10)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_allocation(allocation, path: str, max_generators: int = 5, title: str = "") -> str:
@@ -79,7 +84,4 @@ def plot_allocation(allocation, path: str, max_generators: int = 5, title: str =
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="upper left")
     ax.set_title(title or f"prompt allocation (n_max = {max_generators})", fontsize=10)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -93,7 +93,14 @@ def test_state_dict_after_second_experience_reloads_exactly(tiny_convprompt_kwar
     for exp in bm.train_stream[:2]:
         strategy.train(exp)
     state = strategy.model.state_dict()
-    fresh = ConvPrompt(backbone=tiny_vit(seed=1), lr=0.01, generators_per_task=3, **tiny_convprompt_kwargs)
+    class Recording(FixedAllocation):
+        seen = []
+
+        def allocate(self, experience, new_classes, previous_classes):
+            self.seen.append((experience, list(previous_classes)))
+            return super().allocate(experience, new_classes, previous_classes)
+
+    fresh = ConvPrompt(backbone=tiny_vit(seed=1), lr=0.01, allocation=Recording(3), **tiny_convprompt_kwargs)
     fresh.model.load_state_dict(state)
     assert fresh.prompt_pool.generators_per_task == [3, 3]
     assert fresh.net.heads.seen_classes == [3, 7, 1, 9]
@@ -103,6 +110,7 @@ def test_state_dict_after_second_experience_reloads_exactly(tiny_convprompt_kwar
         assert torch.equal(strategy.model(x), fresh.model(x))
     # and the reloaded strategy keeps learning: the third experience adds a head and generators
     fresh.train(bm.train_stream[2])
+    assert Recording.seen == [(2, [3, 7, 1, 9])]          # the policy sees what the reloaded model learned
     assert fresh.prompt_pool.generators_per_task == [3, 3, 3]
     assert fresh.net.heads.seen_classes == [3, 7, 1, 9, 0, 5]
 

