@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
+from .files import atomic_path
 from .data.synthetic_shapes import NUM_PATTERNS, NUM_SHAPES, PRETRAIN_CLASSES, STREAM_CLASSES, render_images
 
 __all__ = [
@@ -115,16 +115,8 @@ def save_backbone_checkpoint(backbone: nn.Module, path: Union[str, Path]) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
              for k, v in backbone.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shipped/cached asset should be world-readable
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -187,4 +187,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError, OSError, KeyError) as err:   # bad input: one clear line, no traceback
+        sys.exit(f"quickstart: error: {err}")

@@ -389,14 +389,6 @@ def test_cache_files_are_hashed_and_changed_names_are_asked_again(llm, tmp_path)
     assert llm.count() == 1 and llm.count("sunflower") == 1
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "x.json"
-    target.write_text("old")
-    with pytest.raises(TypeError):
-        gen._atomic_write_json(target, {"bad": object()})
-    assert files_under(tmp_path) == [target] and target.read_text() == "old"
-
-
 # ------------------------------------------------------------------------------------------ API key
 
 def test_api_key_is_sent_but_never_leaked(llm, tmp_path, monkeypatch, capsys, caplog):

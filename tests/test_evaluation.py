@@ -75,6 +75,17 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["r.json"]
 
 
+def test_failed_serialisation_leaves_the_old_file_and_no_temporaries(tmp_path):
+    target = tmp_path / "x.json"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        write_json(target, {"bad": object()})
+    assert os.listdir(tmp_path) == ["x.json"] and target.read_text() == "old"
+    write_json(target, {"new": "ünïcode"})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"new": "ünïcode"}
+    assert oct(os.stat(target).st_mode & 0o777) == "0o644"
+
+
 def test_unwritable_results_folder_fails_early(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")           # fails for root too, unlike permission bits

@@ -38,7 +38,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -46,6 +45,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from ..files import write_json
 from . import DescriptorSet, load_descriptors
 
 __all__ = [
@@ -504,27 +504,6 @@ def cache_file_name(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32] + ".json"
 
 
-def _atomic_write_json(path: Path, doc: object) -> None:
-    """Write ``doc`` to ``path`` through a temporary file in the same folder and ``os.replace``; on
-    any failure (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is
-    untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _remove_stale_temporaries(folder: Path, pattern: str) -> None:
     """Remove the temporary files (names matching the regex ``pattern``) that a killed run (SIGKILL,
     power loss) left behind in ``folder``."""
@@ -633,7 +612,7 @@ def generate_descriptor_file(class_names: Iterable[str | tuple[str, str]] | Mapp
                 raise _reworded(e, f"class {key!r} ({name}): {e} [{where}; no output file was written; fix "
                                    "the problem and rerun the same command to resume]") from None
             entry = {"key": key, "name": name, "descriptors": descs, "model": model}
-            _atomic_write_json(cache / cache_file_name(key), entry)
+            write_json(cache / cache_file_name(key), entry)
             done[key] = entry
             bar.update(1)
     finally:
@@ -649,7 +628,7 @@ def generate_descriptor_file(class_names: Iterable[str | tuple[str, str]] | Mapp
         "classes": {key: {"name": done[key]["name"], "descriptors": done[key]["descriptors"]}
                     for key, _ in pairs},
     }
-    _atomic_write_json(output, doc)
+    write_json(output, doc)
     return load_descriptors(output)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Union
 
-import torch
 from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
