@@ -226,13 +226,14 @@ class ConvPrompter:
     def __init__(self, pool: ConvPromptPool, groups: List[Tuple[Tensor, Tensor]]):
         self.pool = pool
         self.groups = groups
+        self.unit_keys_t = [F.normalize(keys, dim=-1).T for _, keys in groups]    # (key_dim, G_group)
         self.previous: Tensor | None = None
         self.expected_slot = 0
 
     def weights(self, query: Tensor) -> List[Tensor]:
         """Cosine similarities ``(B, G_group)`` between matched queries and each group's keys."""
         q = F.normalize(self.pool.matcher(query), dim=-1)
-        return [q @ F.normalize(keys, dim=-1).T for _, keys in self.groups]
+        return [q @ keys_t for keys_t in self.unit_keys_t]
 
     def __call__(self, block_index: int, query: Tensor) -> Tuple[Tensor, Tensor]:
         pool = self.pool

@@ -30,9 +30,15 @@ class ClassifierHead(nn.Module):
         self.norm = nn.LayerNorm(in_features)
         self.linear = nn.Linear(in_features, ids.numel())
         self.register_buffer("class_ids", ids)
+        self.classes = tuple(ids.tolist())     # host copy: bookkeeping never waits for the device
+        self.register_load_state_dict_post_hook(_refresh_host_classes)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.linear(self.norm(features))
+
+
+def _refresh_host_classes(head: ClassifierHead, incompatible_keys) -> None:
+    head.classes = tuple(head.class_ids.tolist())
 
 
 class TaskHeads(nn.Module):
@@ -50,7 +56,7 @@ class TaskHeads(nn.Module):
     @property
     def seen_classes(self) -> List[int]:
         """Class ids in head order (the column order of :meth:`concatenated_logits`)."""
-        return [c for head in self.heads for c in head.class_ids.tolist()]
+        return [c for head in self.heads for c in head.classes]
 
     @property
     def num_outputs(self) -> int:

@@ -204,3 +204,13 @@ def test_evaluation_convolves_once_per_pass_and_matches_a_plain_forward(tiny_con
     with torch.no_grad():
         for x, out in outputs:
             assert torch.equal(strategy.model(x), out)
+
+
+def test_loading_heads_keeps_host_class_list_in_sync():
+    model = build_convprompt_model(tiny_vit(), prompt_layers=(0,), prompt_length=2, kernel_size=3)
+    model.heads.add_head([4, 2])
+    other = build_convprompt_model(tiny_vit(), prompt_layers=(0,), prompt_length=2, kernel_size=3)
+    other.heads.add_head([9, 7])
+    model.load_state_dict(other.state_dict(), strict=False)
+    assert model.heads.seen_classes == [7, 9]
+    assert model.heads.num_outputs == 10
