@@ -99,6 +99,15 @@ def make_backbone(args):
     return resolve_backbone(args.backbone, pretrained=not args.no_pretrained)
 
 
+def backbone_image_size(args) -> int:
+    """The input size the backbone expects, without loading (or even allocating) its weights."""
+    if args.backbone == OFFLINE:
+        from avalanche_convprompt.offline_backbone import OFFLINE_BACKBONE_CONFIG
+        return OFFLINE_BACKBONE_CONFIG["img_size"]
+    from avalanche_convprompt.prompted_vit import resolve_backbone
+    return resolve_backbone(args.backbone, pretrained=False, device="meta").patch_embed.img_size[0]
+
+
 def make_allocation(args, stream):
     """The policy that decides how many generators each experience gets."""
     from avalanche_convprompt import FixedAllocation
@@ -133,8 +142,7 @@ def main(argv=None):
     out = ensure_writable_dir(args.output)
     started = time.time()
     seed_everything(args.seed)
-    probe = make_backbone(args)
-    img_size = probe.patch_embed.img_size[0]
+    img_size = backbone_image_size(args)
     extra = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class) \
         if args.stream == "synthetic" else {}
     stream = make_stream(args.stream, data_root=args.data_root, n_experiences=args.experiences, seed=args.seed,
