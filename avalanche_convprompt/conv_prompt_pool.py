@@ -125,6 +125,14 @@ class ConvPromptPool(nn.Module):
     def num_generators(self) -> int:
         return sum(self.generators_per_task)
 
+    #: ConvPrompt's query is the class token inside the single forward pass.
+    needs_query = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether there is a generator to prompt with (after the first allocation)."""
+        return self.num_generators > 0
+
     def add_generators(self, n: int) -> None:
         """Start a new task with ``n`` generators; freeze every earlier one.
 

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 
 class ClassifierHead(nn.Module):
-    """``LayerNorm + Linear`` for the classes of one experience."""
+    """``LayerNorm + Linear`` (or ``Linear`` alone, ``norm=False``) for the classes of one experience."""
 
-    def __init__(self, in_features: int, class_ids: Iterable[int]):
+    def __init__(self, in_features: int, class_ids: Iterable[int], norm: bool = True):
         super().__init__()
         ids = torch.as_tensor(list(class_ids), dtype=torch.long)
         if ids.numel() == 0:
@@ -27,7 +27,7 @@ class ClassifierHead(nn.Module):
             raise ValueError(f"duplicate class ids in one head: {ids.tolist()}")
         if int(ids.min()) < 0:
             raise ValueError(f"class ids must be non-negative, got {ids.tolist()}")
-        self.norm = nn.LayerNorm(in_features)
+        self.norm = nn.LayerNorm(in_features) if norm else nn.Identity()
         self.linear = nn.Linear(in_features, ids.numel())
         self.register_buffer("class_ids", ids)
         self.classes = tuple(ids.tolist())     # host copy: bookkeeping never waits for the device
@@ -42,11 +42,17 @@ def _refresh_host_classes(head: ClassifierHead, incompatible_keys) -> None:
 
 
 class TaskHeads(nn.Module):
-    """The list of per-experience heads and the class-id bookkeeping around them."""
+    """The list of per-experience heads and the class-id bookkeeping around them.
 
-    def __init__(self, in_features: int):
+    ``norm=False`` gives plain linear heads: with old heads frozen this is the
+    single linear classifier of L2P / DualPrompt / CODA-Prompt, whose logits of
+    other experiences' classes are masked while training.
+    """
+
+    def __init__(self, in_features: int, norm: bool = True):
         super().__init__()
         self.in_features = in_features
+        self.norm = norm
         self.heads = nn.ModuleList()
         self.register_load_state_dict_pre_hook(_grow_heads_to_match_state_dict)
 
@@ -74,7 +80,7 @@ class TaskHeads(nn.Module):
         for head in self.heads:
             head.requires_grad_(False)
         ref = next(iter(self.parameters()), None)
-        head = ClassifierHead(self.in_features, ids)
+        head = ClassifierHead(self.in_features, ids, norm=self.norm)
         if ref is not None:
             head.to(device=ref.device, dtype=ref.dtype)
         self.heads.append(head)

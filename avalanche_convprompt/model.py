@@ -1,11 +1,21 @@
 """The network a prompt strategy trains: frozen prompted ViT, prompt module, heads.
 
-``PromptedClassifier(x)`` = ``heads(backbone(x, prompt_module.prompter()))``:
-logits indexed by class id. The backbone stays frozen except for its LayerNorms
-(each block's ``norm1``/``norm2`` and the final ``norm``), which the recipe
-trains. ``prompt_module`` is a :class:`~avalanche_convprompt.conv_prompt_pool.ConvPromptPool`
-for ConvPrompt, or ``None`` for the fine-tuning baseline that trains the same
-norms and heads without prompts.
+``PromptedClassifier(x)`` = ``heads(backbone(x, prompts))``: logits indexed by
+class id. The backbone stays frozen except, when ``train_norms`` (ConvPrompt's
+recipe), its LayerNorms (each block's ``norm1``/``norm2`` and the final ``norm``).
+
+``prompt_module`` is one of
+
+* :class:`~avalanche_convprompt.conv_prompt_pool.ConvPromptPool` (ConvPrompt):
+  one forward pass, queried by the class token inside the pass;
+* a query-based module (``needs_query = True``: L2P, DualPrompt, CODA-Prompt):
+  a first, gradient-free pass of the unprompted backbone gives the query
+  ``q(x)``, then the prompted pass runs;
+* ``None``: no prompts (the fine-tuning and joint-training bounds).
+
+The :class:`~avalanche_convprompt.prompt_plan.PromptPlan` of the last forward
+is kept in :attr:`PromptedClassifier.last_plan` so a strategy can add its
+matching loss.
 """
 from __future__ import annotations
 
@@ -14,7 +24,6 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .conv_prompt_pool import ConvPromptPool
 from .heads import TaskHeads
 from .prompted_vit import PromptedViT
 
@@ -29,12 +38,16 @@ class PromptedClassifier(nn.Module):
             inside the model (e.g. the statistics the timm weights expect).
     """
 
-    def __init__(self, backbone: PromptedViT, prompt_module: Optional[ConvPromptPool] = None,
-                 input_mean: Optional[Sequence[float]] = None, input_std: Optional[Sequence[float]] = None):
+    def __init__(self, backbone: PromptedViT, prompt_module: Optional[nn.Module] = None,
+                 input_mean: Optional[Sequence[float]] = None, input_std: Optional[Sequence[float]] = None,
+                 train_norms: bool = True, head_norm: bool = True):
         super().__init__()
         self.backbone = backbone
         self.prompt_module = prompt_module
-        self.heads = TaskHeads(backbone.embed_dim)
+        self.train_norms = train_norms
+        self.heads = TaskHeads(backbone.embed_dim, norm=head_norm)
+        self.last_plan = None
+        self.task_hint: Optional[int] = None
         if (input_mean is None) != (input_std is None):
             raise ValueError("give both input_mean and input_std, or neither")
         if input_mean is not None:
@@ -53,6 +66,9 @@ class PromptedClassifier(nn.Module):
         return norms
 
     def norm_parameters(self) -> List[nn.Parameter]:
+        """The LayerNorm parameters the recipe trains (empty when ``train_norms`` is off)."""
+        if not self.train_norms:
+            return []
         return [p for m in self.trainable_norms() for p in m.parameters()]
 
     def freeze_backbone(self) -> None:
@@ -61,11 +77,24 @@ class PromptedClassifier(nn.Module):
         for p in self.norm_parameters():
             p.requires_grad_(True)
 
+    def query(self, x: Tensor) -> Tensor:
+        """``(B, C)`` pooled feature of the unprompted backbone, without gradient."""
+        with torch.no_grad():
+            return self.backbone(x)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.input_mean is not None:
             x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
-        use_prompts = self.prompt_module is not None and self.prompt_module.num_generators > 0
-        features = self.backbone(x, self.prompt_module.prompter() if use_prompts else None)
+        module = self.prompt_module
+        self.last_plan = None
+        if module is None or not module.ready:
+            return self.heads(self.backbone(x))
+        if getattr(module, "needs_query", False):
+            plan = module.prompter(self.query(x), task=self.task_hint if self.training else None)
+            self.last_plan = plan
+            features = self.backbone(x, plan if plan.prefixes else None, prepend=plan.prepend)
+        else:
+            features = self.backbone(x, module.prompter())
         return self.heads(features)
 
     def parameter_breakdown(self) -> Dict[str, int]:
@@ -76,12 +105,15 @@ class PromptedClassifier(nn.Module):
         """
         parts: Dict[str, int] = {}
         pool = self.prompt_module
-        if pool is not None:
+        if pool is not None and hasattr(pool, "parameter_breakdown"):
+            parts.update(pool.parameter_breakdown())
+        elif pool is not None:
             parts["generators"] = sum(p.numel() for p in [*pool.conv_weights, *pool.conv_biases])
             parts["shared_embeddings"] = pool.shared_embeddings.numel()
             parts["matcher"] = sum(p.numel() for p in pool.matcher.parameters())
             parts["keys"] = sum(p.numel() for p in pool.keys)
-        parts["layer_norms"] = sum(p.numel() for p in self.norm_parameters())
+        if self.train_norms:
+            parts["layer_norms"] = sum(p.numel() for p in self.norm_parameters())
         parts["heads"] = sum(p.numel() for p in self.heads.parameters())
         parts["total"] = sum(parts.values())
         return parts

@@ -163,14 +163,32 @@ class PromptedViT(nn.Module):
                     f"backbone expects {expected[0]}x{expected[1]} images, got {x.shape[-2]}x{x.shape[-1]}; "
                     "resize the inputs (e.g. transforms.Resize) or build the backbone with img_size=...")
 
-    def forward(self, x: Tensor, prompter: Optional[Prompter] = None) -> Tensor:
+    def forward(self, x: Tensor, prompter: Optional[Prompter] = None, prepend: Optional[Tensor] = None) -> Tensor:
+        """Pooled feature ``(B, C)`` of the prompted backbone.
+
+        Args:
+            x: images ``(B, 3, H, W)``.
+            prompter: key/value prefixes for the blocks in ``prompt_layers``.
+            prepend: ``(B, P, C)`` tokens inserted right after the class token
+                before the first block (prompt tuning, as L2P does). When given,
+                the feature is the mean of those ``P`` tokens' outputs after the
+                final norm instead of the class token.
+        """
         self.check_input(x)
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        if prepend is not None:
+            if prepend.dim() != 3 or prepend.shape[0] != x.shape[0] or prepend.shape[2] != x.shape[2]:
+                raise ValueError(f"prepended tokens must have shape (batch={x.shape[0]}, tokens, width={x.shape[2]}), "
+                                 f"got {tuple(prepend.shape)}")
+            x = torch.cat([x[:, :1], prepend.to(x.dtype), x[:, 1:]], dim=1)
         for i, blk in enumerate(vit.blocks):
             if prompter is not None and i in self.prompt_layers:
                 key_prefix, value_prefix = prompter(i, x[:, 0])
                 x = prefixed_block(blk, x, key_prefix, value_prefix)
             else:
                 x = blk(x)
-        return vit.forward_head(vit.norm(x), pre_logits=True)
+        x = vit.norm(x)
+        if prepend is None:
+            return vit.forward_head(x, pre_logits=True)
+        return vit.head_drop(vit.fc_norm(x[:, 1:1 + prepend.shape[1]].mean(dim=1)))

@@ -1,0 +1,82 @@
+"""L2P's prompt pool (Wang et al., "Learning to Prompt for Continual Learning", CVPR 2022).
+
+A pool of ``M`` prompts, each ``L`` tokens of width ``C``, with one key per
+prompt. For an input ``x`` the frozen backbone gives the query ``q(x)`` (its
+pooled pre-logits feature); each sample picks the ``N`` prompts whose keys have
+the highest cosine similarity to its own query, and their ``N * L`` tokens are
+prepended to its input sequence (prompt tuning). The classifier reads the mean
+of those tokens' outputs. The surrogate loss ``mean_b sum_{j selected} (1 -
+cos(q_b, k_j))`` pulls the selected keys towards the queries that chose them.
+
+Selection is per sample: two images of one batch may use different prompts.
+(Some ports take a majority vote over the test batch, which assumes every batch
+holds one task and inflates accuracy; this one never does.) The pool is shared
+by all experiences and trained throughout; the paper's optional frequency
+penalty that diversifies selection is not used.
+
+Published defaults for ViT-B/16: ``M = 10``, ``L = 5``, ``N = 5``, surrogate
+loss weight 0.1 (set on the strategy).
+
+Layouts::
+
+    prompts   (M, L, C)
+    keys      (M, C)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+from .prompt_plan import PromptPlan, cosine_scores, uniform_
+
+
+class L2PPromptPool(nn.Module):
+    """Keys and prompts of L2P; ``prompter(query)`` selects ``top_k`` per sample.
+
+    Args:
+        embed_dim: backbone width ``C`` (keys live in the query space).
+        num_heads: backbone heads (unused by prompt tuning; kept for a uniform interface).
+        pool_size: ``M``.
+        prompt_length: ``L`` tokens per prompt.
+        top_k: ``N`` prompts per sample.
+    """
+
+    needs_query = True
+    prompt_layers = ()
+
+    def __init__(self, embed_dim: int, num_heads: int = 1, pool_size: int = 10, prompt_length: int = 5,
+                 top_k: int = 5):
+        super().__init__()
+        if not 1 <= top_k <= pool_size:
+            raise ValueError(f"top_k must be between 1 and pool_size={pool_size}, got {top_k}")
+        if prompt_length < 1:
+            raise ValueError(f"prompt_length must be positive, got {prompt_length}")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.pool_size, self.prompt_length, self.top_k = pool_size, prompt_length, top_k
+        self.prompts = nn.Parameter(uniform_((pool_size, prompt_length, embed_dim)))
+        self.keys = nn.Parameter(uniform_((pool_size, embed_dim)))
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def grow(self) -> None:
+        """L2P's pool is fixed: nothing to add for a new experience."""
+
+    def trainable_parameters(self):
+        return [self.prompts, self.keys]
+
+    def prompter(self, query: Tensor, task: Optional[int] = None) -> PromptPlan:
+        """Per-sample top-``N`` selection: ``(B, N * L, C)`` tokens to prepend."""
+        scores = cosine_scores(query, self.keys)                      # (B, M)
+        top_scores, selected = scores.topk(self.top_k, dim=1)         # (B, N)
+        tokens = self.prompts[selected]                               # (B, N, L, C)
+        B = query.shape[0]
+        prepend = tokens.reshape(B, self.top_k * self.prompt_length, self.embed_dim)
+        matching = (1.0 - top_scores).sum(dim=1).mean()
+        return PromptPlan(num_heads=self.num_heads, prepend=prepend, matching_loss=matching, selected=selected)
+
+    def parameter_breakdown(self):
+        return {"prompts": self.prompts.numel(), "keys": self.keys.numel()}
+

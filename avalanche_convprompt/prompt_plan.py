@@ -1,0 +1,80 @@
+"""What a query-based prompt module hands the backbone for one batch.
+
+L2P, DualPrompt and CODA-Prompt first run the frozen backbone without prompts to
+get a query ``q(x)`` (its pooled pre-logits feature), choose or weight prompts
+with it, and then run the prompted forward: two passes. ConvPrompt needs only
+one (its query is the class token entering each prompted block), see
+:mod:`~avalanche_convprompt.conv_prompt_pool`.
+
+A :class:`PromptPlan` is the result of that choice for one batch: per-block
+key/value prefixes (prefix-tuning), tokens to prepend to the input (prompt
+tuning), the auxiliary loss that pulls keys towards queries, and the selected
+prompt indices (for inspection and tests).
+
+Shapes (``B`` batch, ``L`` prompt length, ``C`` width, ``H`` heads, ``Dh = C / H``)::
+
+    prefix prompt   (B, 2, L, C)     side 0: keys, side 1: values
+    head prefixes   (B, H, L, Dh)    what prefix_attention takes
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def split_heads(prompt: Tensor, num_heads: int) -> Tuple[Tensor, Tensor]:
+    """``(B, 2, L, C)`` prefix prompt -> key and value prefixes ``(B, H, L, Dh)`` each.
+
+    The width ``C`` is split into heads and the head axis is moved in front of
+    the token axis with an explicit ``permute``. Reshaping ``(B, L, C)`` straight
+    to ``(B, H, L, Dh)`` (a bug of several DualPrompt ports) would silently mix
+    tokens and heads; ``tests/test_baselines.py`` checks the layout token by token.
+    """
+    if prompt.dim() != 4 or prompt.shape[1] != 2:
+        raise ValueError(f"prefix prompt must have shape (batch, 2, length, width), got {tuple(prompt.shape)}")
+    B, _, L, C = prompt.shape
+    if C % num_heads:
+        raise ValueError(f"width {C} is not divisible by {num_heads} heads")
+    heads = prompt.reshape(B, 2, L, num_heads, C // num_heads).permute(1, 0, 3, 2, 4)   # (2, B, H, L, Dh)
+    return heads[0], heads[1]
+
+
+def cosine_scores(query: Tensor, keys: Tensor) -> Tensor:
+    """``(B, C)`` queries against ``(M, C)`` keys -> ``(B, M)`` cosine similarities."""
+    return F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T
+
+
+@dataclass
+class PromptPlan:
+    """The prompts of one batch (see module docstring).
+
+    Attributes:
+        prefixes: block index -> ``(B, 2, L, C)`` prefix prompt.
+        num_heads: to split prefixes into heads.
+        prepend: ``(B, P, C)`` tokens for prompt tuning, or ``None``.
+        matching_loss: scalar pulling the used keys towards the queries, or ``None``.
+        selected: ``(B, k)`` indices of the prompts each sample uses, or ``None``.
+    """
+
+    num_heads: int
+    prefixes: Dict[int, Tensor] = field(default_factory=dict)
+    prepend: Optional[Tensor] = None
+    matching_loss: Optional[Tensor] = None
+    selected: Optional[Tensor] = None
+
+    def __call__(self, block: int, query: Tensor) -> Tuple[Tensor, Tensor]:
+        """The :data:`~avalanche_convprompt.prompted_vit.Prompter` interface."""
+        return split_heads(self.prefixes[block], self.num_heads)
+
+    @property
+    def prompt_layers(self):
+        return tuple(sorted(self.prefixes))
+
+
+def uniform_(shape, device=None, dtype=None) -> Tensor:
+    """Uniform(-1, 1) initialisation, as the prompt papers use for prompts and keys."""
+    return torch.empty(shape, device=device, dtype=dtype).uniform_(-1.0, 1.0)
