@@ -3,7 +3,8 @@
 Main entry points:
 
 * :class:`ConvPrompt` - the strategy (an Avalanche ``SupervisedTemplate``);
-* :class:`SequentialFineTuning` - the lower bound with the same trainable parts;
+* :class:`L2P`, :class:`DualPrompt`, :class:`CodaPrompt` - the prompt baselines;
+* :class:`SequentialFineTuning`, :class:`JointTraining` - lower and upper bounds;
 * :class:`PromptExpansionPlugin` with :class:`FixedAllocation` - generators per experience;
 * :func:`summarize_run` - the table researchers report, from an ``EvaluationPlugin``.
 """
@@ -19,12 +20,13 @@ from .expansion import Allocation, FixedAllocation, PromptExpansionPlugin
 from .heads import TaskHeads
 from .model import PromptedClassifier
 from .prompted_vit import PromptedViT, prefix_attention, resolve_backbone
-from .strategies import ConvPrompt, PromptedViTTemplate, SequentialFineTuning, build_convprompt_model
+from .strategies import (CodaPrompt, ConvPrompt, DualPrompt, JointTraining, L2P, PromptedViTTemplate,
+                         SequentialFineTuning, build_convprompt_model)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvPrompt", "SequentialFineTuning", "PromptedViTTemplate", "build_convprompt_model",
+    "ConvPrompt", "L2P", "DualPrompt", "CodaPrompt", "SequentialFineTuning", "JointTraining", "PromptedViTTemplate", "build_convprompt_model",
     "ConvPromptPool", "PromptExpansionPlugin", "FixedAllocation", "Allocation",
     "PromptedViT", "PromptedClassifier", "TaskHeads", "prefix_attention", "resolve_backbone",
 ]

@@ -80,7 +80,7 @@ class RunSummary:
     method: str
     accuracy_matrix: List[List[float]]
     average_accuracy: float
-    average_forgetting: float
+    average_forgetting: Optional[float]
     avalanche_stream_forgetting: Optional[float]
     learnable_parameters: int
     parameter_breakdown: Dict[str, int] = field(default_factory=dict)
@@ -94,7 +94,7 @@ class RunSummary:
 
     def format_matrix(self) -> str:
         """The accuracy matrix as text: one row per trained experience."""
-        T = len(self.accuracy_matrix)
+        T = len(self.accuracy_matrix[0]) if self.accuracy_matrix else 0
         header = "after \\ on " + " ".join(f"{'exp' + str(i):>7}" for i in range(T))
         rows = [f"exp{t:<8}" + " ".join(f"{v:7.1f}" for v in row) for t, row in enumerate(self.accuracy_matrix)]
         return "\n".join([header, *rows])
@@ -109,16 +109,22 @@ def summarize_run(strategy, method: Optional[str] = None, evaluator: Optional[Ev
             f"the evaluator has no {ACC_MATRIX_METRIC!r}: build it with accuracy_matrix_metrics() "
             "(default_cl_evaluator() does) and call strategy.eval(...) after each experience")
     matrix = torch.as_tensor(last[ACC_MATRIX_METRIC], dtype=torch.float64) * 100.0
-    trained = min(matrix.shape[0], len(getattr(strategy.model, "module", strategy.model).heads))
-    matrix = matrix[:trained, :trained]
-    stream_forgetting = last.get("StreamForgetting/eval_phase/test_stream")
     net = getattr(strategy.model, "module", strategy.model)
+    stream_forgetting = last.get("StreamForgetting/eval_phase/test_stream")
+    if getattr(strategy, "is_joint", False):
+        # one training call on everything: one row, tested on every experience; nothing to forget
+        matrix = matrix[:1]
+        accuracy, forgetting, stream_forgetting = float(matrix[0].mean()), None, None
+    else:
+        trained = min(matrix.shape[0], len(net.heads))
+        matrix = matrix[:trained, :trained]
+        accuracy, forgetting = average_accuracy(matrix), average_forgetting(matrix)
     breakdown = net.parameter_breakdown()
     return RunSummary(
         method=method or type(strategy).__name__,
         accuracy_matrix=[[round(float(v), 4) for v in row] for row in matrix],
-        average_accuracy=average_accuracy(matrix),
-        average_forgetting=average_forgetting(matrix),
+        average_accuracy=accuracy,
+        average_forgetting=forgetting,
         avalanche_stream_forgetting=None if stream_forgetting is None else 100.0 * float(stream_forgetting),
         learnable_parameters=breakdown["total"],
         parameter_breakdown=breakdown,

@@ -1,7 +1,11 @@
-"""Avalanche strategies over a frozen prompted ViT."""
-from .base import PromptedViTTemplate, unwrap
-from .convprompt import ConvPrompt, build_convprompt_model, PAPER_BACKBONE
+"""Avalanche strategies over a frozen prompted ViT: ConvPrompt, the three prompt baselines, two bounds."""
+from .base import PromptedViTTemplate, build_prompted_classifier, unwrap
+from .coda_prompt import CodaPrompt
+from .convprompt import PAPER_BACKBONE, ConvPrompt, build_convprompt_model
+from .dualprompt import DualPrompt
 from .finetune import SequentialFineTuning
+from .joint import JointTraining
+from .l2p import L2P
 
-__all__ = ["PromptedViTTemplate", "ConvPrompt", "SequentialFineTuning", "build_convprompt_model", "unwrap",
-           "PAPER_BACKBONE"]
+__all__ = ["PromptedViTTemplate", "ConvPrompt", "L2P", "DualPrompt", "CodaPrompt", "SequentialFineTuning",
+           "JointTraining", "build_convprompt_model", "build_prompted_classifier", "unwrap", "PAPER_BACKBONE"]

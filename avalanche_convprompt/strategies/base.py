@@ -5,9 +5,13 @@
 * grows one classifier head per experience from
   ``experience.classes_in_this_experience`` (any ids, any order), freezing the
   earlier heads when the subclass asks for it;
+* grows the prompt module (``prompt_module.grow()``) for each new experience
+  when it has one (DualPrompt, CODA-Prompt; ConvPrompt's pool is grown by its
+  expansion plugin earlier);
 * re-creates Adam at every experience over the parameter groups the subclass
   names, with a cosine decay to 0 over the experience's iterations
-  (``torch.optim.lr_scheduler.CosineAnnealingLR``) and gradient clipping;
+  (``torch.optim.lr_scheduler.CosineAnnealingLR``) or a constant rate, and
+  gradient clipping;
 * gives the backbone's LayerNorms ``norm_lr_scale x lr`` from the second
   experience on;
 * evaluates over all classes seen so far; labels of classes not trained yet
@@ -17,17 +21,40 @@ Subclasses provide :meth:`trainable_groups` and :meth:`training_loss`.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from ..heads import label_positions
 from ..model import PromptedClassifier
+from ..prompted_vit import PromptedViT, resolve_backbone
+
+
+def build_prompted_classifier(backbone: Union[str, VisionTransformer], pretrained: bool,
+                              make_prompt_module: Optional[Callable[[PromptedViT], nn.Module]] = None,
+                              normalize_inputs: bool = False, train_norms: bool = True,
+                              head_norm: bool = True) -> PromptedClassifier:
+    """Backbone from timm, a prompt module sized from it, and empty heads.
+
+    ``make_prompt_module(vit)`` receives the unprompted :class:`PromptedViT` (for
+    its width, heads and depth) and returns the module; its ``prompt_layers``
+    become the backbone's prefixed blocks and are checked against its depth.
+    """
+    from .convprompt import input_statistics
+
+    vit = resolve_backbone(backbone, pretrained=pretrained)
+    plain = PromptedViT(vit)
+    module = make_prompt_module(plain) if make_prompt_module is not None else None
+    prompted = PromptedViT(vit, getattr(module, "prompt_layers", ()) if module is not None else ())
+    mean, std = input_statistics(vit, normalize_inputs)
+    return PromptedClassifier(prompted, module, input_mean=mean, input_std=std, train_norms=train_norms,
+                              head_norm=head_norm)
 
 
 def unwrap(model: nn.Module) -> PromptedClassifier:
@@ -48,12 +75,13 @@ class PromptedViTTemplate(SupervisedTemplate):
             second experience on.
         clip_grad_norm: max global gradient norm (``None`` disables clipping).
         freeze_old_heads: freeze a head when the next experience starts.
+        lr_schedule: ``"cosine"`` (decay to 0 over each experience) or ``"constant"``.
         The remaining arguments are ``SupervisedTemplate``'s.
     """
 
     def __init__(self, *, model: PromptedClassifier, lr: Optional[float] = None, base_lr: float = 0.005,
                  norm_lr_scale: float = 0.005, clip_grad_norm: Optional[float] = 1.0, freeze_old_heads: bool = True,
-                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
+                 lr_schedule: str = "cosine", train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
         if train_mb_size < 1 or train_epochs < 1:
@@ -61,12 +89,17 @@ class PromptedViTTemplate(SupervisedTemplate):
         self.lr = float(lr) if lr is not None else base_lr * train_mb_size / 256
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         self.norm_lr_scale = norm_lr_scale
         self.clip_grad_norm = clip_grad_norm
         self.freeze_old_heads = freeze_old_heads
         self.scheduler: Optional[CosineAnnealingLR] = None
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        placeholder = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+        # Avalanche wants an optimiser now; the real one is built per experience in make_optimizer
+        placeholder = torch.optim.Adam([p for p in model.parameters() if p.requires_grad] or
+                                       [nn.Parameter(torch.zeros(1))], lr=self.lr)
         super().__init__(model=model, optimizer=placeholder, criterion=nn.CrossEntropyLoss(),
                          train_mb_size=train_mb_size, train_epochs=train_epochs,
                          eval_mb_size=eval_mb_size or train_mb_size, device=device, plugins=plugins,
@@ -90,14 +123,26 @@ class PromptedViTTemplate(SupervisedTemplate):
         """While training: add the head for this experience's classes."""
         model = model if model is not None else self.model
         if self.is_training:
-            classes = self.experience.classes_in_this_experience
+            classes = self.new_classes()
             if not len(classes):
                 raise ValueError(f"experience {self.experience.current_experience} has no classes")
-            heads = unwrap(model).heads
-            heads.add_head(classes)
+            net = unwrap(model)
+            net.heads.add_head(classes)
             if not self.freeze_old_heads:
-                heads.requires_grad_(True)
+                net.heads.requires_grad_(True)
+            self.grow_prompts(net)
+            net.task_hint = len(net.heads) - 1
         return model.to(self.device)
+
+    def new_classes(self) -> List[int]:
+        """Classes of the head added for this experience."""
+        return list(self.experience.classes_in_this_experience)
+
+    def grow_prompts(self, net: PromptedClassifier) -> None:
+        """Give a growing prompt module its share for the new experience."""
+        grow = getattr(net.prompt_module, "grow", None)
+        if grow is not None:
+            grow()
 
     # -------------------------------------------------------------- optimiser
     def trainable_groups(self) -> List[Dict]:
@@ -114,7 +159,10 @@ class PromptedViTTemplate(SupervisedTemplate):
         groups = [g for g in self.trainable_groups() if g["params"]]
         self.optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=0.0)
         steps = max(1, self.train_epochs * len(self.dataloader)) if self.dataloader else 1
-        self.scheduler = CosineAnnealingLR(self.optimizer, T_max=steps, eta_min=0.0)
+        if self.lr_schedule == "cosine":
+            self.scheduler = CosineAnnealingLR(self.optimizer, T_max=steps, eta_min=0.0)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
 
     def check_model_and_optimizer(self, reset_optimizer_state=False, **kwargs):
         self.model = self.model_adaptation()
@@ -158,6 +206,13 @@ class PromptedViTTemplate(SupervisedTemplate):
             return self.mb_output.new_zeros(())
         logits = self.mb_output[known][:, seen]
         return F.cross_entropy(logits, label_positions(self.mb_y[known], seen))
+
+    def matching_loss(self) -> Tensor:
+        """The key-query matching loss of the last forward's prompt plan (0 without one)."""
+        plan = self.net.last_plan
+        if plan is None or plan.matching_loss is None:
+            return self.mb_output.new_zeros(())
+        return plan.matching_loss
 
     def masked_cross_entropy(self, class_ids: Tensor) -> Tensor:
         """Cross-entropy over the logits of ``class_ids`` only."""
