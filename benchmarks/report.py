@@ -1,0 +1,466 @@
+"""From saved run records (one JSON per method x seed) to the comparison table and plots.
+
+The runner writes one record per run into ``RESULTS_DIR/runs/*.json``; this module
+aggregates them over seeds (mean and sample standard deviation), puts the published
+numbers beside them, and renders ``results.md``, ``results.csv``,
+``accuracy_curves.png`` and ``accuracy_matrices.png``. Every file is written
+atomically, so re-rendering never leaves half a report behind.
+
+    python -m benchmarks.report RESULTS_DIR             # re-render from RESULTS_DIR/runs/*.json
+    python -m benchmarks.report RESULTS_DIR --out OTHER_DIR
+
+A record (percent throughout)::
+
+    {"method": "convprompt", "label": "ConvPrompt", "benchmark": "split_cifar100", "seed": 0,
+     "accuracy_matrix": [[...], ...],   # T x T (row t: after training experience t); 1 x T for joint
+     "average_accuracy": 68.3, "average_forgetting": 15.0,   # null for joint
+     "learnable_parameters": 67220, "train_seconds": 35.1, "train_images_per_second": 70.2,
+     "config": {...}}
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import math
+import numbers
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from avalanche_convprompt.files import atomic_path, ensure_writable_dir
+from avalanche_convprompt.plotting import _save, plt, seen_class_accuracy_curve
+
+PUBLISHED_SOURCE = ("Roy et al., ConvPrompt, CVPR 2024: ViT-B/16 pre-trained on ImageNet-21k, 10 tasks; "
+                    "accuracy on all seen classes after the last task / average forgetting (%)")
+
+# benchmark -> method -> (final average accuracy, average forgetting), percent; see PUBLISHED_SOURCE.
+PUBLISHED: Dict[str, Dict[str, Tuple[float, Optional[float]]]] = {
+    "split_cifar100": {
+        "l2p": (83.83, 7.63),
+        "dualprompt": (86.51, 5.16),
+        "coda": (86.25, 1.67),
+        "convprompt": (88.87, 4.75),
+    },
+    "split_imagenet_r": {
+        "l2p": (61.57, 9.73),
+        "dualprompt": (68.13, 4.68),
+        "coda": (75.45, 1.64),
+        "convprompt": (77.86, 4.33),
+    },
+    "split_cub200": {
+        "convprompt": (80.2, 5.6),
+    },
+}
+
+# Table order: lower bound, the prompt methods in publication order, upper bound; others after.
+METHOD_ORDER = ("finetune", "l2p", "dualprompt", "coda", "convprompt", "joint")
+
+REQUIRED_FIELDS = ("method", "benchmark", "seed", "accuracy_matrix", "average_accuracy",
+                   "average_forgetting", "learnable_parameters", "train_seconds", "train_images_per_second")
+_NUMERIC_FIELDS = ("average_accuracy", "learnable_parameters", "train_seconds", "train_images_per_second")
+
+CSV_COLUMNS = ("method", "label", "benchmark", "seeds", "n",
+               "accuracy_mean", "accuracy_std", "forgetting_mean", "forgetting_std",
+               "learnable_parameters", "learnable_parameters_vary",
+               "train_seconds_mean", "train_seconds_std",
+               "train_images_per_second_mean", "train_images_per_second_std",
+               "published_accuracy", "published_forgetting")
+
+DASH = "–"
+
+
+# ----------------------------------------------------------------------------- checking
+
+def _describe(run, index: int) -> str:
+    """Name a run in error messages by what it has, so a bad file can be found."""
+    if not isinstance(run, dict):
+        return f"run #{index}"
+    return f"run #{index} (method={run.get('method')!r}, seed={run.get('seed')!r})"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_run(run, index: int) -> None:
+    """Fail with the field and the run named, rather than deep inside numpy or matplotlib."""
+    where = _describe(run, index)
+    if not isinstance(run, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(run).__name__}")
+    for name in REQUIRED_FIELDS:
+        if name not in run:
+            raise ValueError(f"{where}: missing required field {name!r}")
+    for name in _NUMERIC_FIELDS:
+        if not _is_number(run[name]):
+            raise ValueError(f"{where}: field {name!r} must be a number, got {run[name]!r}")
+    if not isinstance(run["seed"], numbers.Integral) or isinstance(run["seed"], bool):
+        raise ValueError(f"{where}: field 'seed' must be an integer, got {run['seed']!r}")
+    forgetting = run["average_forgetting"]
+    if forgetting is not None and not _is_number(forgetting):
+        raise ValueError(f"{where}: field 'average_forgetting' must be a number or null, got {forgetting!r}")
+    try:
+        m = np.asarray(run["accuracy_matrix"], dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: field 'accuracy_matrix' is not a rectangular matrix of numbers: {err}") from err
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"{where}: field 'accuracy_matrix' must be a non-empty 2-D matrix, got shape {m.shape}")
+    if not (m.shape[0] == m.shape[1] or m.shape[0] == 1):
+        raise ValueError(f"{where}: field 'accuracy_matrix' must be T x T (continual) or 1 x T (joint), "
+                         f"got {m.shape[0]} x {m.shape[1]}")
+
+
+def _group(runs: Sequence[dict]) -> Dict[str, List[dict]]:
+    """Check the runs and group them by method, in first-appearance order."""
+    runs = list(runs)
+    if not runs:
+        raise ValueError("no runs to report")
+    for i, run in enumerate(runs):
+        _check_run(run, i)
+    benchmarks = sorted({str(r["benchmark"]) for r in runs})
+    if len(benchmarks) > 1:
+        raise ValueError(f"runs mix benchmarks {benchmarks}: report one benchmark at a time")
+    groups: Dict[str, List[dict]] = {}
+    for i, run in enumerate(runs):
+        group = groups.setdefault(run["method"], [])
+        if any(r["seed"] == run["seed"] for r in group):
+            raise ValueError(f"{_describe(run, i)}: seed {run['seed']!r} of {run['method']!r} appears twice; "
+                             "a duplicate would weigh that seed double")
+        group.append(run)
+    return groups
+
+
+def _label(group: Sequence[dict]) -> str:
+    return str(group[0].get("label") or group[0]["method"])
+
+
+def _is_joint(run: dict) -> bool:
+    """Joint training has one row (evaluated once, after everything): no curve, no forgetting."""
+    m = np.asarray(run["accuracy_matrix"], dtype=float)
+    return run["method"] == "joint" or (m.shape[0] == 1 and m.shape[1] > 1)
+
+
+def _plain(v):
+    """A Python int or float (numpy scalars would print as 'np.float64(...)' in the CSV)."""
+    return int(v) if isinstance(v, numbers.Integral) or float(v).is_integer() else float(v)
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1); the std of a single seed is 0.0."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+# ----------------------------------------------------------------------------- tables
+
+def aggregate(runs: Sequence[dict]) -> List[dict]:
+    """One row per method (first-appearance order): mean and sample std over seeds, and the paper's numbers.
+
+    Raises ``ValueError`` for an empty list, mixed benchmarks, a missing or malformed field,
+    a duplicated (method, seed), or forgetting null for some seeds of a method only.
+    """
+    groups = _group(runs)
+    benchmark = str(next(iter(groups.values()))[0]["benchmark"])
+    rows = []
+    for method, group in groups.items():
+        acc_mean, acc_std = _mean_std([r["average_accuracy"] for r in group])
+        forgetting = [r["average_forgetting"] for r in group]
+        if all(f is None for f in forgetting):
+            forg_mean = forg_std = None
+        elif any(f is None for f in forgetting):
+            missing = sorted(r["seed"] for r in group if r["average_forgetting"] is None)
+            raise ValueError(f"method {method!r}: average_forgetting is null for seeds {missing} only; "
+                             "a mean over the others would silently drop them")
+        else:
+            forg_mean, forg_std = _mean_std(forgetting)
+        params = [r["learnable_parameters"] for r in group]
+        vary = len(set(params)) > 1
+        sec_mean, sec_std = _mean_std([r["train_seconds"] for r in group])
+        ips_mean, ips_std = _mean_std([r["train_images_per_second"] for r in group])
+        published = PUBLISHED.get(benchmark, {}).get(method)
+        rows.append({
+            "method": method,
+            "label": _label(group),
+            "benchmark": benchmark,
+            "seeds": sorted(int(r["seed"]) for r in group),
+            "n": len(group),
+            "accuracy_mean": acc_mean, "accuracy_std": acc_std,
+            "forgetting_mean": forg_mean, "forgetting_std": forg_std,
+            "learnable_parameters": float(np.mean(params)) if vary else _plain(params[0]),
+            "learnable_parameters_vary": vary,
+            "train_seconds_mean": sec_mean, "train_seconds_std": sec_std,
+            "train_images_per_second_mean": ips_mean, "train_images_per_second_std": ips_std,
+            "published_accuracy": published[0] if published else None,
+            "published_forgetting": published[1] if published else None,
+        })
+    return rows
+
+
+def _pm(mean: Optional[float], std: Optional[float], n: int, digits: int) -> str:
+    """'mean ± std'; one seed has no spread to show, so just the value."""
+    if mean is None:
+        return DASH
+    if n < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _published_text(acc: Optional[float], forg: Optional[float]) -> str:
+    """As the paper prints them ('80.2 / 5.6', not '80.20 / 5.60')."""
+    if acc is None:
+        return DASH
+    return f"{acc:g} / {DASH if forg is None else format(forg, 'g')}"
+
+
+def _params_text(row: dict) -> str:
+    if row["learnable_parameters_vary"]:
+        return f"{row['learnable_parameters']:,.0f} (mean; varies by seed)"
+    return f"{row['learnable_parameters']:,}"
+
+
+def markdown_table(rows: Sequence[dict], benchmark: str) -> str:
+    """The comparison table as Markdown, with a caption that states what the numbers mean."""
+    for row in rows:
+        if row.get("benchmark", benchmark) != benchmark:
+            raise ValueError(f"row {row['method']!r} is for {row['benchmark']!r}, not {benchmark!r}")
+    header = ("| method | seeds | final avg. accuracy (%) | avg. forgetting (%) | learnable params "
+              "| train time (s) | train images/s | published acc. / forg. |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        n = row["n"]
+        cells = [
+            str(row["label"]).replace("|", "\\|"),
+            ", ".join(str(s) for s in row["seeds"]),
+            _pm(row["accuracy_mean"], row["accuracy_std"], n, 2),
+            _pm(row["forgetting_mean"], row["forgetting_std"], n, 2),
+            _params_text(row),
+            _pm(row["train_seconds_mean"], row["train_seconds_std"], n, 1),
+            _pm(row["train_images_per_second_mean"], row["train_images_per_second_std"], n, 1),
+            _published_text(row["published_accuracy"], row["published_forgetting"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if benchmark in PUBLISHED:
+        published = (f"Published: {PUBLISHED_SOURCE}, on the full benchmark; not comparable with the "
+                     "offline stream measured here.")
+    else:
+        published = f"No published numbers for {benchmark!r}."
+    caption = (f"\n*{benchmark}: mean ± sample std (ddof=1) over seeds (one seed: the value). "
+               "Forgetting (L2P/DualPrompt): mean over `i < T-1` of `max_{i<=t<T-1} A[t,i] - A[T-1,i]`; "
+               f"{DASH} for joint training. {published}*")
+    return "\n".join(lines) + "\n" + caption + "\n"
+
+
+def _csv_value(v) -> str:
+    """Plain numbers (repr round-trips floats exactly); empty for missing."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        return repr(float(v))
+    return str(v)
+
+
+def csv_table(rows: Sequence[dict]) -> str:
+    """The same rows for spreadsheets and scripts: one column per number, seeds space-separated."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        out = {k: _csv_value(row.get(k)) for k in CSV_COLUMNS}
+        out["seeds"] = " ".join(str(s) for s in row["seeds"])
+        writer.writerow(out)
+    return buf.getvalue()
+
+
+def mean_matrix(runs: Sequence[dict]) -> np.ndarray:
+    """Mean accuracy matrix over the seeds of one method (all matrices must have the same shape)."""
+    runs = list(runs)
+    if not runs:
+        raise ValueError("mean_matrix needs at least one run")
+    methods = sorted({str(r.get("method")) for r in runs})
+    if len(methods) > 1:
+        raise ValueError(f"mean_matrix averages the seeds of one method, got methods {methods}")
+    mats = []
+    for i, run in enumerate(runs):
+        try:
+            mats.append(np.asarray(run["accuracy_matrix"], dtype=float))
+        except KeyError:
+            raise ValueError(f"{_describe(run, i)}: missing required field 'accuracy_matrix'") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{_describe(run, i)}: 'accuracy_matrix' is not a rectangular matrix: {err}") from err
+    shapes = [m.shape for m in mats]
+    if len(set(shapes)) > 1:
+        detail = ", ".join(f"seed {r.get('seed')!r}: {s[0]}x{s[1]}" if len(s) == 2 else f"seed {r.get('seed')!r}: {s}"
+                           for r, s in zip(runs, shapes))
+        raise ValueError(f"accuracy matrices of {methods[0]!r} differ in shape ({detail}); "
+                         "were the seeds run with different numbers of experiences?")
+    return np.mean(mats, axis=0)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot_accuracy_curves(runs: Sequence[dict], path: str) -> str:
+    """Accuracy on seen classes after each experience: mean over seeds, ± std band; joint as a line."""
+    groups = _group(runs)
+    benchmark = next(iter(groups.values()))[0]["benchmark"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    longest = 1
+    for method, group in groups.items():
+        label = _label(group)
+        if _is_joint(group[0]):
+            mean, std = _mean_std([r["average_accuracy"] for r in group])
+            line = ax.axhline(mean, linestyle="--", color="black" if method == "joint" else None,
+                              label="joint (upper bound)" if method == "joint" else f"{label} (upper bound)")
+            if std > 0:
+                ax.axhspan(mean - std, mean + std, color=line.get_color(), alpha=0.12, linewidth=0)
+            continue
+        mean_matrix(group)                                 # same shapes, or a clear error
+        curves = np.array([seen_class_accuracy_curve(r["accuracy_matrix"]) for r in group])
+        mean = curves.mean(axis=0)
+        std = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
+        x = np.arange(1, len(mean) + 1)
+        longest = max(longest, len(mean))
+        (line,) = ax.plot(x, mean, marker="o", markersize=3.5, label=label)
+        if len(curves) > 1:
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
+    ax.set_xlabel("experiences trained")
+    ax.set_ylabel("accuracy on seen classes (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(0.8, longest + 0.2)
+    ax.set_xticks(range(1, longest + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    n_seeds = sorted({len(g) for g in groups.values()})
+    ax.set_title(f"{benchmark}: mean over seeds (n = {', '.join(map(str, n_seeds))}), band ± 1 std", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_accuracy_matrices(runs: Sequence[dict], path: str) -> str:
+    """One heat map per method (mean over seeds); cells not yet trained are blank."""
+    groups = _group(runs)
+    rows = {r["method"]: r for r in aggregate(runs)}
+    n = len(groups)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.9 * nrows), squeeze=False)
+    im = None
+    for ax, (method, group) in zip(axes.ravel(), groups.items()):
+        m = mean_matrix(group)
+        if m.shape[0] == m.shape[1]:
+            mask = np.triu(np.ones_like(m, dtype=bool), k=1)
+        else:
+            mask = np.zeros_like(m, dtype=bool)            # joint: one row, all of it trained
+        im = ax.imshow(np.ma.masked_array(m, mask), vmin=0, vmax=100, cmap="viridis")
+        size = 7 if m.shape[1] <= 10 else 5
+        for (t, i), v in np.ndenumerate(m):
+            if not mask[t, i]:
+                ax.text(i, t, f"{v:.0f}", ha="center", va="center", fontsize=size,
+                        color="white" if v < 60 else "black")
+        row = rows[method]
+        forg = DASH if row["forgetting_mean"] is None else f"{row['forgetting_mean']:.1f}"
+        ax.set_title(f"{row['label']}: acc {row['accuracy_mean']:.1f}, forg {forg}", fontsize=9)
+        ax.set_xlabel("tested on experience")
+        ax.set_ylabel("after training experience" if m.shape[0] > 1 else "after all")
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_yticks(range(m.shape[0]))
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy (%)")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- files
+
+def _method_rank(method: str) -> Tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def load_runs(folder: str) -> List[dict]:
+    """Every ``folder/runs/*.json``, in table order (METHOD_ORDER, then others by name) and by seed."""
+    run_dir = os.path.join(folder, "runs")
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"no runs folder {run_dir!r}: expected the runner's RESULTS_DIR")
+    paths = sorted(glob.glob(os.path.join(run_dir, "*.json")))
+    if not paths:
+        raise FileNotFoundError(f"no run records (*.json) in {run_dir!r}")
+    runs = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                run = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a valid JSON run record ({err})") from err
+        except OSError as err:
+            raise OSError(f"{path}: cannot be read ({err.strerror or err})") from err
+        if not isinstance(run, dict) or "method" not in run or "seed" not in run:
+            raise ValueError(f"{path}: not a run record (expected an object with 'method' and 'seed')")
+        runs.append(run)
+    runs.sort(key=lambda r: (_method_rank(str(r["method"])),
+                             r["seed"] if _is_number(r["seed"]) else math.inf, str(r["seed"])))
+    return runs
+
+
+def _write_text(path: str, text: str) -> str:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    return path
+
+
+def write_report(runs: Sequence[dict], out_dir: str) -> Dict[str, str]:
+    """Write results.md, results.csv and the two plots into ``out_dir``; return their paths.
+
+    Keys: ``markdown``, ``csv``, ``accuracy_curves``, ``accuracy_matrices``.
+    """
+    rows = aggregate(runs)                                 # validates before anything is written
+    benchmark = rows[0]["benchmark"]
+    ensure_writable_dir(out_dir)
+    paths = {
+        "markdown": os.path.join(out_dir, "results.md"),
+        "csv": os.path.join(out_dir, "results.csv"),
+        "accuracy_curves": os.path.join(out_dir, "accuracy_curves.png"),
+        "accuracy_matrices": os.path.join(out_dir, "accuracy_matrices.png"),
+    }
+    plot_accuracy_curves(runs, paths["accuracy_curves"])
+    plot_accuracy_matrices(runs, paths["accuracy_matrices"])
+    _write_text(paths["csv"], csv_table(rows))
+    markdown = "\n".join([
+        f"# Results: {benchmark}",
+        "",
+        markdown_table(rows, benchmark),
+        "![accuracy on seen classes after each experience](accuracy_curves.png)",
+        "",
+        "![accuracy matrices, mean over seeds](accuracy_matrices.png)",
+        "",
+    ])
+    _write_text(paths["markdown"], markdown)
+    return paths
+
+
+def main(argv=None) -> Dict[str, str]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Re-render results.md, results.csv and the plots from RESULTS_DIR/runs/*.json.")
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="folder holding runs/*.json")
+    parser.add_argument("--out", default=None, help="write the report here (default: RESULTS_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.results_dir)
+        paths = write_report(runs, args.out or args.results_dir)
+    except (ValueError, OSError) as err:
+        parser.exit(2, f"error: {err}\n")
+    with open(paths["markdown"], encoding="utf-8") as f:
+        print(f.read())
+    for path in paths.values():
+        print(f"wrote {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()
