@@ -1,0 +1,201 @@
+"""Run methods x seeds on one benchmark under one protocol, then write the comparison.
+
+Offline default (no download; the shipped small ViT on the SynthShapes stream):
+
+    python -m benchmarks.run --seeds 0 1 2
+
+The paper's benchmarks (need the data under --data-root and, realistically, a GPU):
+
+    python -m benchmarks.run --benchmark split_cifar100 --data-root ~/data \\
+        --backbone vit_base_patch16_224.augreg_in21k --seeds 0 1 2 --device cuda \\
+        --strategy convprompt l2p dualprompt coda finetune joint
+
+Every run writes ``OUTPUT/runs/<method>_seed<seed>.json`` (see
+:mod:`benchmarks.report` for the record); at the end ``results.md``,
+``results.csv``, ``accuracy_curves.png`` and ``accuracy_matrices.png`` are
+rendered from all records in ``OUTPUT/runs``. Per run, Avalanche's text log goes
+to ``OUTPUT/logs/``.
+
+One protocol for every method: same stream and class order per seed, same
+backbone, epochs and batch size, evaluation on the seen classes after every
+experience. Learning rates: ``--lr`` for all methods when given (the offline
+default), otherwise each strategy's published default.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avalanche_convprompt.evaluation import default_cl_evaluator
+from avalanche_convprompt.experiment import run_stream
+from avalanche_convprompt.files import ensure_writable_dir, write_json
+from avalanche_convprompt.methods import METHODS, build_strategy, get_method
+from avalanche_convprompt.streams import STREAM_NAMES, make_stream
+
+from .report import load_runs, markdown_table, aggregate, write_report
+
+OFFLINE = "offline"
+DEFAULT_METHODS = ["finetune", "l2p", "dualprompt", "coda", "convprompt", "joint"]
+# epochs / batch / lr per benchmark. Offline: the quickstart's settings. Paper: ConvPrompt's published
+# configuration, applied to every method (one protocol); lr None = each method's published rate.
+PROTOCOLS = {
+    "synthetic": dict(epochs=5, batch=32, lr=0.003, experiences=5),
+    "split_cifar100": dict(epochs=10, batch=128, lr=None, experiences=10),
+    "split_imagenet_r": dict(epochs=10, batch=128, lr=None, experiences=10),
+    "split_cub200": dict(epochs=60, batch=24, lr=None, experiences=10),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--strategy", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
+                   help="methods to run, in this order")
+    p.add_argument("--benchmark", default="synthetic", choices=list(STREAM_NAMES))
+    p.add_argument("--data-root", default=None, help="folder holding the real dataset")
+    p.add_argument("--backbone", default=None,
+                   help="'offline' (shipped small ViT) or a timm ViT name; default: offline for synthetic, "
+                        "vit_base_patch16_224.augreg_in21k otherwise")
+    p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (debugging only)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--experiences", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="one rate for every method (default: per protocol)")
+    p.add_argument("--allocation", default="language", choices=["language", "fixed"],
+                   help="ConvPrompt's generators per experience: descriptor similarity (paper) or always 5")
+    p.add_argument("--train-per-class", type=int, default=120, help="synthetic stream only")
+    p.add_argument("--test-per-class", type=int, default=50, help="synthetic stream only")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--output", default=None, help="default: results/benchmark_<benchmark>")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    protocol = PROTOCOLS[args.benchmark]
+    for key in ("epochs", "batch", "experiences"):
+        if getattr(args, key) is None:
+            setattr(args, key, protocol[key])
+    if args.lr is None:
+        args.lr = protocol["lr"]
+    if args.backbone is None:
+        args.backbone = OFFLINE if args.benchmark == "synthetic" else "vit_base_patch16_224.augreg_in21k"
+    args.output = args.output or os.path.join("results", f"benchmark_{args.benchmark}")
+    if args.benchmark != "synthetic" and not args.data_root:
+        p.error(f"--benchmark {args.benchmark} needs --data-root (the folder holding the dataset)")
+    return args
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_backbone(args):
+    """A fresh backbone per run: methods that train LayerNorms must not share them."""
+    if args.backbone == OFFLINE:
+        from avalanche_convprompt.offline_backbone import create_offline_backbone
+        return create_offline_backbone(pretrained=not args.no_pretrained)
+    from avalanche_convprompt.prompted_vit import resolve_backbone
+    return resolve_backbone(args.backbone, pretrained=not args.no_pretrained)
+
+
+def backbone_image_size(args) -> int:
+    if args.backbone == OFFLINE:
+        from avalanche_convprompt.offline_backbone import OFFLINE_BACKBONE_CONFIG
+        return OFFLINE_BACKBONE_CONFIG["img_size"]
+    from avalanche_convprompt.prompted_vit import resolve_backbone
+    return resolve_backbone(args.backbone, pretrained=False, device="meta").patch_embed.img_size[0]
+
+
+def make_allocation(args, stream):
+    """ConvPrompt's policy: the paper's descriptor similarity when the stream has descriptors."""
+    from avalanche_convprompt import FixedAllocation
+    if args.allocation == "fixed" or not stream.descriptor_set:
+        return FixedAllocation(5)
+    from avalanche_convprompt.descriptors import load_descriptors
+    from avalanche_convprompt.language_allocation import LanguageModelAllocation, class_descriptors
+    keys = stream.class_keys or stream.class_names
+    descriptors = class_descriptors(keys, load_descriptors(stream.descriptor_set), "error", stream.class_names)
+    return LanguageModelAllocation(descriptors, max_generators=5)
+
+
+def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
+    """Train and evaluate one method with one seed; returns the run record (also written to disk)."""
+    from avalanche.logging import TextLogger
+
+    seed_everything(seed)
+    protocol = OFFLINE if args.backbone == OFFLINE else "paper"
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    with open(os.path.join(out, "logs", f"{method}_seed{seed}.txt"), "w") as log:
+        strategy = build_strategy(
+            method, protocol, allocation=make_allocation(args, stream) if method == "convprompt" else None,
+            backbone=make_backbone(args), lr=args.lr, train_mb_size=args.batch, train_epochs=args.epochs,
+            eval_mb_size=max(args.batch, 128), device=args.device,
+            evaluator=default_cl_evaluator(loggers=[TextLogger(log)]))
+        summary = run_stream(strategy, stream.benchmark, f"{method} seed {seed}", progress=not args.no_progress,
+                             num_workers=args.workers)
+    record = {
+        "method": method, "label": get_method(method).label, "benchmark": stream.name, "seed": seed,
+        "accuracy_matrix": summary.accuracy_matrix, "average_accuracy": summary.average_accuracy,
+        "average_forgetting": summary.average_forgetting, "learnable_parameters": summary.learnable_parameters,
+        "parameter_breakdown": summary.parameter_breakdown,
+        "train_seconds": summary.extra["train_seconds"],
+        "train_images_per_second": summary.extra["train_images_per_second"],
+        "wall_seconds": summary.extra["wall_seconds"],
+        "avalanche_stream_forgetting": summary.avalanche_stream_forgetting,
+        "allocation": summary.extra.get("allocation"),
+        "config": {"protocol": protocol, "backbone": args.backbone, "pretrained": not args.no_pretrained,
+                   "epochs": args.epochs, "batch": args.batch, "lr": strategy.lr,
+                   "method_kwargs": {k: list(v) if isinstance(v, tuple) else v
+                                     for k, v in get_method(method).kwargs(protocol).items()},
+                   "experiences": len(stream.benchmark.train_stream), "device": args.device,
+                   "classes_per_experience": [sorted(int(c) for c in e.classes_in_this_experience)
+                                              for e in stream.benchmark.train_stream],
+                   "torch": torch.__version__, "python": platform.python_version(),
+                   "threads": torch.get_num_threads()},
+    }
+    write_json(os.path.join(out, "runs", f"{method}_seed{seed}.json"), record)
+    return record
+
+
+def main(argv=None) -> Dict[str, str]:
+    args = parse_args(argv)
+    out = ensure_writable_dir(args.output)
+    ensure_writable_dir(os.path.join(out, "runs"))
+    img_size = backbone_image_size(args)
+    started = time.time()
+    jobs = [(seed, method) for seed in args.seeds for method in args.strategy]
+    overall = tqdm(jobs, desc="runs", unit="run", disable=args.no_progress, position=0)
+    for seed, method in overall:
+        overall.set_postfix(method=method, seed=seed)
+        extra = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class) \
+            if args.benchmark == "synthetic" else {}
+        stream = make_stream(args.benchmark, data_root=args.data_root, n_experiences=args.experiences, seed=seed,
+                             img_size=img_size, **extra)
+        record = run_one(method, seed, args, stream, out)
+        forgetting = record["average_forgetting"]
+        tqdm.write(f"{record['label']} seed {seed}: accuracy {record['average_accuracy']:.2f}%"
+                   + (f", forgetting {forgetting:.2f}%" if forgetting is not None else "")
+                   + f", {record['train_seconds']:.1f}s training")
+    runs = [r for r in load_runs(out) if r["method"] in args.strategy and r["seed"] in args.seeds]
+    paths = write_report(runs, out)
+    print(markdown_table(aggregate(runs), runs[0]["benchmark"]))
+    print(f"\nwrote {', '.join(os.path.relpath(p) for p in paths.values())} in {time.time() - started:.0f}s")
+    return paths
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, OSError) as err:      # bad input: one clear line, no traceback
+        sys.exit(f"benchmarks.run: error: {err}")
