@@ -1,0 +1,57 @@
+"""The benchmark runner end to end on a tiny offline stream, and the parameter table's counts."""
+import json
+
+import pytest
+
+from benchmarks import parameters, run
+
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=8, num_heads=4, num_classes=0)
+
+
+def test_parameter_table_counts_match_the_closed_forms():
+    C, T, K = 64, 3, 4                     # width, tasks, classes per task
+    rows = {r["method"]: r for r in parameters.parameter_table(TINY_VIT, tasks=T, classes_per_task=K)}
+    linear_head = C * K + K
+    norms = 8 * 2 * 2 * C + 2 * C          # norm1 + norm2 per block, final norm
+    assert rows["l2p"]["prompts"] == 10 * 5 * C + 10 * C                       # pool 10 x length 5, 10 keys
+    assert rows["dualprompt"]["prompts"] == 2 * 2 * 5 * C + T * (3 * 2 * 20 * C + C)
+    assert rows["coda"]["prompts"] == T * 5 * 10 * (8 * C + C + C)             # components, keys, attention
+    for method in ("l2p", "dualprompt", "coda"):
+        assert rows[method]["heads"] == T * linear_head
+        assert rows[method]["total"] == rows[method]["prompts"] + T * linear_head
+    H, Dh, k, L, D = 4, 16, 17, 20, 7
+    generators = D * H * 2 * (T * 5) * (k * k + 1)
+    shared = D * H * 2 * (L + k - 1) * (Dh + k - 1)
+    matcher = C * (C // 2) + C // 2 + (C // 2) * (C // 4) + C // 4
+    assert rows["convprompt"]["prompts"] == generators + shared + matcher + T * 5 * (C // 4)
+    assert rows["convprompt"]["layer_norms"] == norms
+    assert rows["convprompt"]["heads"] == T * (2 * C + linear_head)
+    # what the last task trains: its own prompts and head (DualPrompt: + the shared G-prompt)
+    assert rows["dualprompt"]["trained_in_last_task"] == 2 * 2 * 5 * C + 3 * 2 * 20 * C + C + linear_head
+    assert rows["finetune"]["trained_in_last_task"] == norms + T * (2 * C + linear_head)
+    assert rows["joint"]["heads"] == 2 * C + C * T * K + T * K
+
+
+def test_runner_writes_one_record_per_run_and_the_report(tmp_path):
+    out = tmp_path / "bench"
+    paths = run.main(["--strategy", "dualprompt", "joint", "--seeds", "0", "1", "--experiences", "2",
+                      "--epochs", "1", "--train-per-class", "8", "--test-per-class", "4", "--output", str(out),
+                      "--no-progress"])
+    records = sorted(p.name for p in (out / "runs").iterdir())
+    assert records == ["dualprompt_seed0.json", "dualprompt_seed1.json", "joint_seed0.json", "joint_seed1.json"]
+    record = json.loads((out / "runs" / "dualprompt_seed1.json").read_text())
+    assert record["seed"] == 1 and record["benchmark"] == "synthetic"
+    assert len(record["accuracy_matrix"]) == 2 and record["config"]["lr"] == pytest.approx(0.003)
+    assert record["train_images_per_second"] > 0
+    joint = json.loads((out / "runs" / "joint_seed0.json").read_text())
+    assert joint["average_forgetting"] is None and len(joint["accuracy_matrix"]) == 1
+    table = (out / "results.md").read_text()
+    assert "| DualPrompt | 0, 1 |" in table and "Joint training" in table
+    for key in ("accuracy_curves", "accuracy_matrices"):
+        assert open(paths[key], "rb").read(4) == b"\x89PNG"
+
+
+def test_runner_needs_a_data_root_for_real_benchmarks(capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--benchmark", "split_imagenet_r"])
+    assert "--data-root" in capsys.readouterr().err
