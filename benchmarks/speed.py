@@ -18,6 +18,16 @@ under ``torch.no_grad()``. Random weights: speed does not depend on them.
 
     python -m benchmarks.speed                      # ViT-B/16, batch 8, G = 5 and 50
     python -m benchmarks.speed --output results/speed.json
+
+``--compare-methods`` measures instead every method of the comparison
+(fine-tuning, L2P, DualPrompt, CODA-Prompt, ConvPrompt, joint) with its
+published ViT-B/16 settings, grown as while training the last of 10 tasks: a
+training step over exactly what the strategy trains, with its own loss, and an
+evaluation forward in the state ``strategy.eval`` keeps the model in. L2P,
+DualPrompt and CODA-Prompt run the frozen backbone twice per batch (query, then
+prompted pass); ConvPrompt once.
+
+    python -m benchmarks.speed --compare-methods --rounds 3 --output results/speed_methods.json
 """
 from __future__ import annotations
 
@@ -152,6 +162,102 @@ def measure(fns: Dict[str, Callable[[], None]], rounds: int, device, desc: str) 
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device):
+    """Training-step and eval-forward closures for one method grown to ``tasks`` tasks."""
+    from avalanche_convprompt.prompted_vit import resolve_backbone
+    from benchmarks.parameters import grown_model
+
+    torch.manual_seed(0)
+    vit = resolve_backbone(backbone, pretrained=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from avalanche_convprompt.methods import build_strategy
+        strategy = build_strategy(method, "paper", backbone=vit, device=str(device), evaluator=None)
+    net = strategy.net
+    grown = grown_model(method, vit, tasks, 10) if method != "joint" else grown_model(method, vit, 1, 100)
+    strategy.model = grown.to(device)
+    net = strategy.net
+    groups = [g for g in strategy.trainable_groups() if g["params"]]
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.Adam(groups, lr=1e-4)
+    class_ids = net.heads.heads[-1].class_ids
+    img = net.backbone.vit.patch_embed.img_size
+    x = torch.rand(batch, 3, *img, device=device)
+    y = torch.randint(0, len(class_ids), (batch,), device=device)
+    pool = net.prompt_module
+    anchors = [p.detach().clone() for p in pool.shared_parameters()] if method == "convprompt" else []
+    weight = getattr(strategy, "matching_weight", 0.0)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x)[:, class_ids], y)
+        if weight and net.last_plan is not None and net.last_plan.matching_loss is not None:
+            loss = loss + weight * net.last_plan.matching_loss
+        if anchors:
+            loss = loss + 0.01 * sum((p - a).abs().sum() for p, a in zip(pool.shared_parameters(), anchors))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    def eval_forward():
+        with torch.no_grad(), ExitStack() as stack:
+            if hasattr(pool, "reuse_generator_outputs"):       # ConvPrompt's pass convolves once, then reuses
+                stack.enter_context(pool.reuse_generator_outputs())
+            net(x)
+
+    passes = 2 if getattr(pool, "needs_query", False) else 1
+    return train_step, eval_forward, passes, net
+
+
+def compare_methods(args) -> Dict:
+    """Training step and eval forward of every method, side by side (see module docstring)."""
+    from avalanche_convprompt.methods import METHODS
+
+    device = torch.device(args.device)
+    started = time.time()
+    trains, evals, passes = {}, {}, {}
+    for method in tqdm(args.methods, desc="building", leave=False):
+        train_step, eval_forward, n, net = method_step_fns(method, args.backbone, args.batch, args.tasks, device)
+        net.train()
+        trains[method], passes[method] = train_step, n
+        evals[method] = eval_forward
+    train = measure(trains, args.rounds, device, "train steps")
+    evaluation = measure(evals, args.rounds, device, "eval forwards")
+    ref = "convprompt" if "convprompt" in train else next(iter(train))
+    result = {
+        "command": "python -m benchmarks.speed " + " ".join(args.argv),
+        "backbone": args.backbone, "batch": args.batch, "tasks": args.tasks, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": args.rounds,
+        "labels": {m: METHODS[m].label for m in args.methods}, "backbone_passes": passes,
+        "train_step_s": train, "eval_forward_s": evaluation, "reference": ref,
+        "train_ratio": {m: train[m] / train[ref] for m in train},
+        "eval_ratio": {m: evaluation[m] / evaluation[ref] for m in evaluation},
+        "wall_s": time.time() - started,
+    }
+    print(format_methods_markdown(result))
+    return result
+
+
+def format_methods_markdown(r: Dict) -> str:
+    lines = [f"{r['backbone']}, batch {r['batch']}, last of {r['tasks']} tasks, {r['device_name']} "
+             f"({r['threads']} threads), torch {r['torch']}", "",
+             f"| method | backbone passes | train step (s) | x {r['labels'][r['reference']]} | eval forward (s) | "
+             f"x {r['labels'][r['reference']]} |", "|---|---:|---:|---:|---:|---:|"]
+    for m in r["train_step_s"]:
+        lines.append(f"| {r['labels'][m]} | {r['backbone_passes'][m]} | {r['train_step_s'][m]:.3f} | "
+                     f"{r['train_ratio'][m]:.2f} | {r['eval_forward_s'][m]:.3f} | {r['eval_ratio'][m]:.2f} |")
+    return "\n".join(lines)
+
+
+def write_result(result: Dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> Dict:
     with ExitStack() as stack:
         return run(argv, stack)
@@ -166,7 +272,18 @@ def run(argv, stack: ExitStack) -> Dict:
     parser.add_argument("--naive-rounds", type=int, default=1, help="rounds for the (slow) naive prompt loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--compare-methods", action="store_true",
+                        help="measure every method of the comparison instead (see module docstring)")
+    parser.add_argument("--methods", nargs="+", default=["finetune", "l2p", "dualprompt", "coda", "convprompt"],
+                        help="with --compare-methods")
+    parser.add_argument("--tasks", type=int, default=10, help="with --compare-methods: tasks grown before measuring")
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    if args.compare_methods:
+        result = compare_methods(args)
+        if args.output:
+            write_result(result, args.output)
+        return result
     device = torch.device(args.device)
     started = time.time()
 
@@ -210,11 +327,7 @@ def run(argv, stack: ExitStack) -> Dict:
     }
     print(format_markdown(result))
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.output)
+        write_result(result, args.output)
     return result
 
 
