@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -22,6 +23,9 @@ from timm.models.vision_transformer import VisionTransformer
 
 from avalanche_convprompt.files import atomic_path
 from avalanche_convprompt.methods import METHODS, build_strategy
+
+# models are built without an evaluator here: nothing is logged on purpose
+warnings.filterwarnings("ignore", message="No loggers specified")
 
 VIT_B16 = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=0)
 PROMPT_METHODS = ("l2p", "dualprompt", "coda", "convprompt")

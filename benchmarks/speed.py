@@ -53,6 +53,9 @@ from avalanche_convprompt.model import PromptedClassifier  # noqa: E402
 from avalanche_convprompt.strategies import build_convprompt_model  # noqa: E402
 from naive_reference import naive_prompts  # noqa: E402
 
+# models are built without an evaluator here: nothing is logged on purpose
+warnings.filterwarnings("ignore", message="No loggers specified")
+
 GENERATORS_PER_TASK = 5
 
 

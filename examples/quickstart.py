@@ -33,7 +33,7 @@ from avalanche_convprompt.evaluation import default_cl_evaluator  # noqa: E402
 from avalanche_convprompt.experiment import run_stream  # noqa: E402
 from avalanche_convprompt.files import ensure_writable_dir, write_json  # noqa: E402
 from avalanche_convprompt.plotting import plot_allocation, plot_runs  # noqa: E402
-from avalanche_convprompt.streams import make_stream  # noqa: E402
+from avalanche_convprompt.streams import STREAM_NAMES, make_stream  # noqa: E402
 
 OFFLINE = "offline"
 # The small shipped backbone (6 blocks, width 128, 4 heads of 32) gets a prompt
@@ -51,7 +51,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backbone", default=OFFLINE, help="'offline' (shipped small ViT) or a timm ViT name")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (debugging only)")
-    p.add_argument("--stream", default="synthetic", choices=["synthetic", "split_cifar100"])
+    p.add_argument("--stream", default="synthetic", choices=list(STREAM_NAMES))
     p.add_argument("--data-root", default=None, help="folder with the real dataset")
     p.add_argument("--experiences", type=int, default=None)
     p.add_argument("--train-per-class", type=int, default=120, help="synthetic stream only")

@@ -55,3 +55,21 @@ def test_runner_needs_a_data_root_for_real_benchmarks(capsys):
     with pytest.raises(SystemExit):
         run.parse_args(["--benchmark", "split_imagenet_r"])
     assert "--data-root" in capsys.readouterr().err
+
+
+def test_runner_reads_a_real_benchmark_folder(tmp_path):
+    """Split ImageNet-R from a (fake) extracted folder, through the same runner, with the offline backbone."""
+    from avalanche_convprompt.descriptors.official_classes import IMAGENET_R_WNIDS
+    from test_streams import _image_bytes, _imagenet_r_tree
+
+    root = _imagenet_r_tree(tmp_path / "data", {w: 5 for w in IMAGENET_R_WNIDS[:4]}, _image_bytes())
+    out = tmp_path / "bench"
+    run.main(["--benchmark", "split_imagenet_r", "--data-root", root, "--backbone", "offline",
+              "--strategy", "convprompt", "l2p", "--seeds", "0", "--experiences", "2", "--epochs", "1",
+              "--batch", "8", "--output", str(out), "--no-progress"])
+    record = json.loads((out / "runs" / "convprompt_seed0.json").read_text())
+    assert record["benchmark"] == "split_imagenet_r"
+    assert sorted(c for exp in record["config"]["classes_per_experience"] for c in exp) == [0, 1, 2, 3]
+    assert record["allocation"][0]["generators"] == 5 and "similarity" in record["allocation"][1]
+    assert "| L2P | 0 |" in (out / "results.md").read_text()
+    assert "61.57 / 9.73" in (out / "results.md").read_text()           # published numbers beside the run
