@@ -63,6 +63,15 @@ class PromptExpansionPlugin(SupervisedPlugin):
     def previous_classes(self) -> List[int]:
         return [c for a in self.history for c in a.classes]
 
+    def state_dict(self) -> dict:
+        """The allocation history as plain data (for checkpoints)."""
+        return {"history": [{"experience": a.experience, "generators": int(a.generators),
+                             "classes": [int(c) for c in a.classes], "info": dict(a.info)} for a in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [Allocation(h["experience"], h["generators"], list(h["classes"]), dict(h["info"]))
+                        for h in state["history"]]
+
     def before_train_dataset_adaptation(self, strategy, *args, **kwargs):
         experience = strategy.experience.current_experience
         new_classes = sorted(int(c) for c in strategy.experience.classes_in_this_experience)

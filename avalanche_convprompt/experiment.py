@@ -10,7 +10,8 @@ from .evaluation import RunSummary, summarize_run
 
 
 def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool = True,
-               num_workers: int = 0) -> RunSummary:
+               num_workers: int = 0, checkpoint_dir: Optional[str] = None, resume: bool = False,
+               keep_checkpoints: int = 2) -> RunSummary:
     """Train ``strategy`` on every experience of ``benchmark.train_stream`` in turn.
 
     After experience ``t`` it evaluates on ``test_stream[:t+1]`` (the classes seen
@@ -18,12 +19,18 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
     forgetting metrics. Returns the :class:`RunSummary`, with wall time and the
     prompt-allocation history (when the strategy has one) in ``extra``.
 
+    With ``checkpoint_dir`` a checkpoint is written after each evaluated
+    experience (see :mod:`~avalanche_convprompt.checkpoint`); with ``resume``
+    the newest one there is loaded first and the run continues after it. The
+    strategy must be built exactly as for the interrupted run. ``resume``
+    without a checkpoint starts from the beginning.
+
     A joint-training strategy (``is_joint``) is trained once on the whole
-    training stream and tested once on the whole test stream.
+    training stream and tested once on the whole test stream (no checkpoints:
+    it has a single step).
     """
     method = method or type(strategy).__name__
     started = time.perf_counter()
-    train_seconds = 0.0
     experiences = list(benchmark.train_stream)
     train_images = strategy.train_epochs * sum(len(e.dataset) for e in experiences)
     if getattr(strategy, "is_joint", False):
@@ -32,15 +39,23 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
         train_seconds = time.perf_counter() - t0
         strategy.eval(benchmark.test_stream, num_workers=num_workers)
     else:
-        bar = tqdm(experiences, desc=method, unit="exp", disable=not progress)
-        for t, experience in enumerate(bar):
+        train_seconds, start, checkpoints = _prepare_checkpoints(strategy, checkpoint_dir, resume, keep_checkpoints)
+        timing = {"train_seconds": train_seconds}
+        if checkpoints is not None:
+            checkpoints.extra = lambda: dict(timing)
+        bar = tqdm(range(start, len(experiences)), desc=method, unit="exp", disable=not progress,
+                   initial=start, total=len(experiences))
+        for t in bar:
             t0 = time.perf_counter()
-            strategy.train(experience, eval_streams=[], num_workers=num_workers)
-            train_seconds += time.perf_counter() - t0
+            strategy.train(experiences[t], eval_streams=[], num_workers=num_workers)
+            timing["train_seconds"] += time.perf_counter() - t0
             metrics = strategy.eval(benchmark.test_stream[: t + 1], num_workers=num_workers)
+            if checkpoints is not None:
+                checkpoints.flush(strategy)
             accuracy = metrics.get("Top1_Acc_Stream/eval_phase/test_stream/Task000")
             if accuracy is not None:
                 bar.set_postfix(seen_acc=f"{100 * accuracy:.1f}%")
+        train_seconds = timing["train_seconds"]
     summary = summarize_run(strategy, method)
     summary.extra["wall_seconds"] = round(time.perf_counter() - started, 2)
     summary.extra["train_seconds"] = round(train_seconds, 2)
@@ -51,3 +66,29 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
             {"experience": a.experience, "generators": a.generators, "classes": a.classes, **a.info}
             for a in expansion.history]
     return summary
+
+
+def _prepare_checkpoints(strategy, directory: Optional[str], resume: bool, keep: int):
+    """``(train_seconds_so_far, first_experience, plugin)``: resumes from the newest checkpoint if asked."""
+    if directory is None:
+        if resume:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        return 0.0, 0, None
+    import os
+
+    from .checkpoint import CheckpointPlugin, checkpoint_files, latest_checkpoint, load_checkpoint, restore_strategy
+
+    plugin = next((p for p in strategy.plugins if isinstance(p, CheckpointPlugin)), None)
+    if plugin is None:
+        plugin = CheckpointPlugin(directory, keep=keep)
+        strategy.plugins.insert(0, plugin)      # before the evaluator, whose callbacks then see a saved state
+    if not resume:                              # a fresh run: checkpoints of an earlier one must not mix in
+        for stale in checkpoint_files(directory):
+            os.remove(stale)
+        return 0.0, 0, plugin
+    path = latest_checkpoint(directory)
+    if path is None:
+        return 0.0, 0, plugin
+    state = load_checkpoint(path)
+    completed = restore_strategy(strategy, state)
+    return float(state["extra"].get("train_seconds", 0.0)), completed, plugin

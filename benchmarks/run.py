@@ -10,6 +10,13 @@ The paper's benchmarks (need the data under --data-root and, realistically, a GP
         --backbone vit_base_patch16_224.augreg_in21k --seeds 0 1 2 --device cuda \\
         --strategy convprompt l2p dualprompt coda finetune joint
 
+Every run checkpoints itself after each evaluated experience under
+``OUTPUT/checkpoints/<method>_seed<seed>/`` (removed once the run is complete).
+After a crash, pre-emption or ``kill -9``, the same command with ``--resume``
+skips finished runs and continues unfinished ones from their last complete
+experience, ending with exactly the metrics of an uninterrupted run (same
+machine, CPU or deterministic kernels).
+
 Every run writes ``OUTPUT/runs/<method>_seed<seed>.json`` (see
 :mod:`benchmarks.report` for the record); at the end ``results.md``,
 ``results.csv``, ``accuracy_curves.png`` and ``accuracy_matrices.png`` are
@@ -27,6 +34,7 @@ import argparse
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from typing import Dict, List, Optional
@@ -79,6 +87,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--output", default=None, help="default: results/benchmark_<benchmark>")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume", action="store_true",
+                   help="skip finished runs; continue unfinished ones from their last checkpoint")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished runs")
     args = p.parse_args(argv)
     protocol = PROTOCOLS[args.benchmark]
     for key in ("epochs", "batch", "experiences"):
@@ -142,8 +153,9 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
             backbone=make_backbone(args), lr=args.lr, train_mb_size=args.batch, train_epochs=args.epochs,
             eval_mb_size=max(args.batch, 128), device=args.device,
             evaluator=default_cl_evaluator(loggers=[TextLogger(log)]))
+        checkpoints = os.path.join(out, "checkpoints", f"{method}_seed{seed}")
         summary = run_stream(strategy, stream.benchmark, f"{method} seed {seed}", progress=not args.no_progress,
-                             num_workers=args.workers)
+                             num_workers=args.workers, checkpoint_dir=checkpoints, resume=args.resume)
     record = {
         "method": method, "label": get_method(method).label, "benchmark": stream.name, "seed": seed,
         "accuracy_matrix": summary.accuracy_matrix, "average_accuracy": summary.average_accuracy,
@@ -165,6 +177,8 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
                    "threads": torch.get_num_threads()},
     }
     write_json(os.path.join(out, "runs", f"{method}_seed{seed}.json"), record)
+    if not args.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return record
 
 
@@ -178,6 +192,8 @@ def main(argv=None) -> Dict[str, str]:
     overall = tqdm(jobs, desc="runs", unit="run", disable=args.no_progress, position=0)
     for seed, method in overall:
         overall.set_postfix(method=method, seed=seed)
+        if args.resume and os.path.isfile(os.path.join(out, "runs", f"{method}_seed{seed}.json")):
+            continue                        # finished before the interruption
         extra = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class) \
             if args.benchmark == "synthetic" else {}
         stream = make_stream(args.benchmark, data_root=args.data_root, n_experiences=args.experiences, seed=seed,
