@@ -91,6 +91,10 @@ class ConvPromptPool(nn.Module):
         super().__init__()
         if prompt_length < 1 or kernel_size < 1:
             raise ValueError(f"prompt_length and kernel_size must be positive, got {prompt_length} and {kernel_size}")
+        if kernel_size > head_dim:
+            raise ValueError(
+                f"kernel_size {kernel_size} is larger than the head dimension {head_dim}: a generator's k x k kernel "
+                f"cannot be wider than the prompt rows it writes (paper: k = 17 for head dimension 64)")
         if embed_dim < 4:
             raise ValueError(f"embed_dim must be at least 4 for the d/4 keys, got {embed_dim}")
         self.prompt_layers = tuple(int(i) for i in prompt_layers)

@@ -5,11 +5,11 @@ import pytest
 
 from benchmarks import parameters, run
 
-TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=8, num_heads=4, num_classes=0)
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=128, depth=8, num_heads=4, num_classes=0)
 
 
 def test_parameter_table_counts_match_the_closed_forms():
-    C, T, K = 64, 3, 4                     # width, tasks, classes per task
+    C, T, K = 128, 3, 4                     # width, tasks, classes per task
     rows = {r["method"]: r for r in parameters.parameter_table(TINY_VIT, tasks=T, classes_per_task=K)}
     linear_head = C * K + K
     norms = 8 * 2 * 2 * C + 2 * C          # norm1 + norm2 per block, final norm
@@ -19,7 +19,7 @@ def test_parameter_table_counts_match_the_closed_forms():
     for method in ("l2p", "dualprompt", "coda"):
         assert rows[method]["heads"] == T * linear_head
         assert rows[method]["total"] == rows[method]["prompts"] + T * linear_head
-    H, Dh, k, L, D = 4, 16, 17, 20, 7
+    H, Dh, k, L, D = 4, 32, 17, 20, 7
     generators = D * H * 2 * (T * 5) * (k * k + 1)
     shared = D * H * 2 * (L + k - 1) * (Dh + k - 1)
     matcher = C * (C // 2) + C // 2 + (C // 2) * (C // 4) + C // 4

@@ -118,6 +118,30 @@ class PromptedViTTemplate(SupervisedTemplate):
     def current_classes(self) -> Tensor:
         return self.net.heads.heads[-1].class_ids
 
+    # ------------------------------------------------------- input validation
+    def _before_train_dataset_adaptation(self, **kwargs):
+        """Check the experience before any plugin or growth touches the model: nothing half-grown on bad input."""
+        if self.is_training:
+            self.check_experience()
+        super()._before_train_dataset_adaptation(**kwargs)
+
+    def check_experience(self) -> None:
+        """Clear errors for an experience this class-incremental strategy cannot learn."""
+        experience = self.experience
+        index = experience.current_experience
+        if len(experience.dataset) == 0:
+            raise ValueError(f"experience {index} has no training samples")
+        classes = sorted(int(c) for c in self.new_classes())
+        if not classes:
+            raise ValueError(f"experience {index} has no classes")
+        if classes[0] < 0:
+            raise ValueError(f"experience {index} has negative class ids {[c for c in classes if c < 0]}")
+        repeated = sorted(set(classes) & set(self.net.heads.seen_classes))
+        if repeated:
+            raise ValueError(
+                f"experience {index}: classes {repeated} were already learned in an earlier experience; "
+                "this class-incremental method expects every experience to bring new classes")
+
     # ----------------------------------------------------------- model growth
     def model_adaptation(self, model=None):
         """While training: add the head for this experience's classes."""
@@ -170,6 +194,21 @@ class PromptedViTTemplate(SupervisedTemplate):
 
     def norm_lr(self) -> float:
         return self.lr if self.task_index == 0 else self.lr * self.norm_lr_scale
+
+    def backward(self):
+        """Refuse to step on a NaN or infinite loss: stop with where it happened.
+
+        Nothing has been changed by that batch yet, and checkpoints are only
+        written after evaluated experiences, so the last one stays intact.
+        (One host synchronisation per iteration: negligible next to a ViT step.)
+        """
+        if not bool(torch.isfinite(self.loss.detach())):
+            raise FloatingPointError(
+                f"the training loss became {float(self.loss.detach())} in experience {self.experience.current_experience}, "
+                f"epoch {self.clock.train_exp_epochs}, iteration {self.clock.train_epoch_iterations}; training "
+                "stopped before the update (lower the learning rate or check the inputs); the last checkpoint, "
+                "if any, is intact")
+        super().backward()
 
     def optimizer_step(self):
         if self.clip_grad_norm is not None:
