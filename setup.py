@@ -22,6 +22,6 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "hypothesis>=6"],
     },
 )
