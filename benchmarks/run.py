@@ -33,16 +33,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import shutil
 import sys
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from avalanche_convprompt.determinism import enable_deterministic_algorithms, seed_everything
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.experiment import run_stream
 from avalanche_convprompt.files import ensure_writable_dir, write_json
@@ -89,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--resume", action="store_true",
                    help="skip finished runs; continue unfinished ones from their last checkpoint")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels (slower; CPU runs are deterministic anyway)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished runs")
     args = p.parse_args(argv)
     protocol = PROTOCOLS[args.benchmark]
@@ -103,12 +104,6 @@ def parse_args(argv=None):
     if args.benchmark != "synthetic" and not args.data_root:
         p.error(f"--benchmark {args.benchmark} needs --data-root (the folder holding the dataset)")
     return args
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def make_backbone(args):
@@ -184,6 +179,8 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
 
 def main(argv=None) -> Dict[str, str]:
     args = parse_args(argv)
+    if args.deterministic:
+        enable_deterministic_algorithms()
     out = ensure_writable_dir(args.output)
     ensure_writable_dir(os.path.join(out, "runs"))
     img_size = backbone_image_size(args)
