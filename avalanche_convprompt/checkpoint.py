@@ -242,7 +242,7 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-class CheckpointPlugin(SupervisedPlugin):
+class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
     """Checkpoints each experience once it has been trained and evaluated.
 
     Use with the usual loop (``train(exp)`` then ``eval(...)`` per experience).

@@ -35,11 +35,13 @@ ACC_MATRIX_METRIC = "EvalStream/Acc_Matrix"
 def default_cl_evaluator(loggers: Optional[Sequence] = None) -> EvaluationPlugin:
     """Accuracy (per experience and stream), forgetting, BWT, loss, accuracy matrix.
 
-    ``loggers`` defaults to Avalanche's ``InteractiveLogger`` (progress bars).
+    ``loggers`` defaults to Avalanche's ``InteractiveLogger`` (progress bars), on
+    the main process only when training is distributed.
     """
-    if loggers is None:
+    if loggers is None:         # Avalanche's loggers refuse to be built on any rank but 0 of a process group
+        from avalanche.distributed import DistributedHelper
         from avalanche.logging import InteractiveLogger
-        loggers = [InteractiveLogger()]
+        loggers = [InteractiveLogger()] if DistributedHelper.is_main_process else []
     return EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True),
         loss_metrics(stream=True),

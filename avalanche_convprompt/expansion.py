@@ -51,7 +51,7 @@ class FixedAllocation:
         return Allocation(experience, self.generators_per_experience, list(new_classes))
 
 
-class PromptExpansionPlugin(SupervisedPlugin):
+class PromptExpansionPlugin(SupervisedPlugin, supports_distributed=True):
     """Grows the prompt pool at the start of each training experience."""
 
     def __init__(self, policy: AllocationPolicy):

@@ -30,6 +30,8 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
     it has a single step).
     """
     method = method or type(strategy).__name__
+    from .checkpoint import is_main_process
+    progress = progress and is_main_process()      # one progress bar, not one per process
     started = time.perf_counter()
     experiences = list(benchmark.train_stream)
     train_images = strategy.train_epochs * sum(len(e.dataset) for e in experiences)
@@ -76,15 +78,21 @@ def _prepare_checkpoints(strategy, directory: Optional[str], resume: bool, keep:
         return 0.0, 0, None
     import os
 
-    from .checkpoint import CheckpointPlugin, checkpoint_files, latest_checkpoint, load_checkpoint, restore_strategy
+    import torch
+
+    from .checkpoint import (CheckpointPlugin, checkpoint_files, is_main_process, latest_checkpoint, load_checkpoint,
+                             restore_strategy)
 
     plugin = next((p for p in strategy.plugins if isinstance(p, CheckpointPlugin)), None)
     if plugin is None:
         plugin = CheckpointPlugin(directory, keep=keep)
         strategy.plugins.insert(0, plugin)      # before the evaluator, whose callbacks then see a saved state
     if not resume:                              # a fresh run: checkpoints of an earlier one must not mix in
-        for stale in checkpoint_files(directory):
-            os.remove(stale)
+        if is_main_process():
+            for stale in checkpoint_files(directory):
+                os.remove(stale)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
         return 0.0, 0, plugin
     path = latest_checkpoint(directory)
     if path is None:

@@ -17,6 +17,13 @@ skips finished runs and continues unfinished ones from their last complete
 experience, ending with exactly the metrics of an uninterrupted run (same
 machine, CPU or deterministic kernels).
 
+Under ``torchrun`` (one process per GPU) the same command trains with DDP:
+``--batch`` stays the global batch, split evenly among the processes, and only
+rank 0 writes records, logs, checkpoints and the report:
+
+    torchrun --standalone --nproc_per_node 4 -m benchmarks.run --benchmark split_cifar100 \
+        --data-root ~/data --device cuda --seeds 0 1 2
+
 Every run writes ``OUTPUT/runs/<method>_seed<seed>.json`` (see
 :mod:`benchmarks.report` for the record); at the end ``results.md``,
 ``results.csv``, ``accuracy_curves.png`` and ``accuracy_matrices.png`` are
@@ -41,6 +48,7 @@ from typing import Dict, List, Optional
 import torch
 from tqdm import tqdm
 
+from avalanche_convprompt import distributed as dist
 from avalanche_convprompt.determinism import enable_deterministic_algorithms, seed_everything
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.experiment import run_stream
@@ -141,13 +149,19 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
 
     seed_everything(seed)
     protocol = OFFLINE if args.backbone == OFFLINE else "paper"
+    world, main_process = dist.world_size(), dist.is_main_process()
+    log_path = os.path.join(out, "logs", f"{method}_seed{seed}.txt") if main_process else os.devnull
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    with open(os.path.join(out, "logs", f"{method}_seed{seed}.txt"), "w") as log:
+    with open(log_path, "w") as log:
         strategy = build_strategy(
             method, protocol, allocation=make_allocation(args, stream) if method == "convprompt" else None,
-            backbone=make_backbone(args), lr=args.lr, train_mb_size=args.batch, train_epochs=args.epochs,
-            eval_mb_size=max(args.batch, 128), device=args.device,
-            evaluator=default_cl_evaluator(loggers=[TextLogger(log)]))
+            backbone=make_backbone(args), lr=args.lr, train_mb_size=args.batch // world, train_epochs=args.epochs,
+            eval_mb_size=max(args.batch // world, 128), device=args.device,
+            evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []))
+        if dist.is_distributed():
+            if args.lr is None:            # the default rate scales with the batch: the global one, not a slice
+                strategy.lr *= world
+            dist.distribute(strategy, seed=seed)
         checkpoints = os.path.join(out, "checkpoints", f"{method}_seed{seed}")
         summary = run_stream(strategy, stream.benchmark, f"{method} seed {seed}", progress=not args.no_progress,
                              num_workers=args.workers, checkpoint_dir=checkpoints, resume=args.resume)
@@ -166,14 +180,17 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
                    "method_kwargs": {k: list(v) if isinstance(v, tuple) else v
                                      for k, v in get_method(method).kwargs(protocol).items()},
                    "experiences": len(stream.benchmark.train_stream), "device": args.device,
+                   "processes": world, "per_process_batch": args.batch // world,
                    "classes_per_experience": [sorted(int(c) for c in e.classes_in_this_experience)
                                               for e in stream.benchmark.train_stream],
                    "torch": torch.__version__, "python": platform.python_version(),
                    "threads": torch.get_num_threads()},
     }
-    write_json(os.path.join(out, "runs", f"{method}_seed{seed}.json"), record)
-    if not args.keep_checkpoints:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    if main_process:                       # one writer; the other processes wait for it
+        write_json(os.path.join(out, "runs", f"{method}_seed{seed}.json"), record)
+        if not args.keep_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    dist.barrier()
     return record
 
 
@@ -181,6 +198,11 @@ def main(argv=None) -> Dict[str, str]:
     args = parse_args(argv)
     if args.deterministic:
         enable_deterministic_algorithms()
+    if "LOCAL_RANK" in os.environ:         # started by torchrun: one process per GPU (or CPU slice)
+        args.device = str(dist.init_from_torchrun(seed=args.seeds[0], device=args.device))
+        if args.batch % dist.world_size():
+            raise ValueError(f"--batch {args.batch} must be divisible by the {dist.world_size()} processes")
+    args.no_progress = args.no_progress or not dist.is_main_process()
     out = ensure_writable_dir(args.output)
     ensure_writable_dir(os.path.join(out, "runs"))
     img_size = backbone_image_size(args)
@@ -197,9 +219,12 @@ def main(argv=None) -> Dict[str, str]:
                              img_size=img_size, **extra)
         record = run_one(method, seed, args, stream, out)
         forgetting = record["average_forgetting"]
-        tqdm.write(f"{record['label']} seed {seed}: accuracy {record['average_accuracy']:.2f}%"
-                   + (f", forgetting {forgetting:.2f}%" if forgetting is not None else "")
-                   + f", {record['train_seconds']:.1f}s training")
+        if dist.is_main_process():
+            tqdm.write(f"{record['label']} seed {seed}: accuracy {record['average_accuracy']:.2f}%"
+                       + (f", forgetting {forgetting:.2f}%" if forgetting is not None else "")
+                       + f", {record['train_seconds']:.1f}s training")
+    if not dist.is_main_process():
+        return {}
     runs = [r for r in load_runs(out) if r["method"] in args.strategy and r["seed"] in args.seeds]
     paths = write_report(runs, out)
     print(markdown_table(aggregate(runs), runs[0]["benchmark"]))

@@ -73,3 +73,26 @@ def test_runner_reads_a_real_benchmark_folder(tmp_path):
     assert record["allocation"][0]["generators"] == 5 and "similarity" in record["allocation"][1]
     assert "| L2P | 0 |" in (out / "results.md").read_text()
     assert "61.57 / 9.73" in (out / "results.md").read_text()           # published numbers beside the run
+
+
+def test_runner_under_torchrun_trains_with_two_processes_and_rank0_writes(tmp_path):
+    """Two gloo processes: DDP through the runner itself; one record per run, written once."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "benchmarks.run", "--strategy", "convprompt", "dualprompt", "--seeds", "0", "--experiences", "2",
+           "--epochs", "1", "--train-per-class", "8", "--test-per-class", "4", "--batch", "8", "--device", "cpu",
+           "--output", str(out), "--no-progress"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["convprompt_seed0.json", "dualprompt_seed0.json"]
+    record = json.loads((out / "runs" / "convprompt_seed0.json").read_text())
+    assert record["config"]["processes"] == 2 and record["config"]["per_process_batch"] == 4
+    assert len(record["accuracy_matrix"]) == 2 and record["allocation"][0]["generators"] == 5
+    assert done.stdout.count("| ConvPrompt | 0 |") == 1                  # the report is printed once, by rank 0
+    assert not (out / "checkpoints" / "convprompt_seed0").exists()
