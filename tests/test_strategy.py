@@ -214,3 +214,15 @@ def test_loading_heads_keeps_host_class_list_in_sync():
     model.load_state_dict(other.state_dict(), strict=False)
     assert model.heads.seen_classes == [7, 9]
     assert model.heads.num_outputs == 10
+
+
+def test_periodic_evaluation_during_training_works_from_the_first_experience(tiny_convprompt_kwargs):
+    from avalanche_convprompt.evaluation import default_cl_evaluator
+    train, test = blob_datasets([0, 1, 2, 3])
+    bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2)
+    strategy = ConvPrompt(backbone=tiny_vit(), **dict(tiny_convprompt_kwargs, eval_every=1,
+                                                      evaluator=default_cl_evaluator(loggers=[])))
+    for experience in bm.train_stream:
+        strategy.train(experience, eval_streams=[bm.test_stream[:1]])
+    accuracy = strategy.evaluator.get_all_metrics()["Top1_Acc_Exp/eval_phase/test_stream/Exp000"][1]
+    assert len(accuracy) >= 3          # evaluated during the first experience, and before and during the second

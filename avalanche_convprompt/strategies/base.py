@@ -118,6 +118,19 @@ class PromptedViTTemplate(SupervisedTemplate):
     def current_classes(self) -> Tensor:
         return self.net.heads.heads[-1].class_ids
 
+    def train(self, experiences, eval_streams=None, **kwargs):
+        """Avalanche's ``train``; with ``eval_every >= 0`` the evaluation Avalanche runs before
+        training is skipped while the model has no head yet (there is nothing to evaluate)."""
+        peval = next((p for p in self.plugins if type(p).__name__ == "PeriodicEval"), None)
+        skip_initial = peval is not None and peval.do_initial and len(self.net.heads) == 0
+        if skip_initial:
+            peval.do_initial = False
+        try:
+            return super().train(experiences, eval_streams, **kwargs)
+        finally:
+            if skip_initial:
+                peval.do_initial = True
+
     # ------------------------------------------------------- input validation
     def _before_train_dataset_adaptation(self, **kwargs):
         """Check the experience before any plugin or growth touches the model: nothing half-grown on bad input."""
