@@ -49,6 +49,7 @@ import torch
 from tqdm import tqdm
 
 from avalanche_convprompt import distributed as dist
+from avalanche_convprompt.backbones import OFFLINE, backbone_image_size, make_backbone
 from avalanche_convprompt.determinism import enable_deterministic_algorithms, seed_everything
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.experiment import run_stream
@@ -58,7 +59,6 @@ from avalanche_convprompt.streams import STREAM_NAMES, make_stream
 
 from .report import load_runs, markdown_table, aggregate, write_report
 
-OFFLINE = "offline"
 DEFAULT_METHODS = ["finetune", "l2p", "dualprompt", "coda", "convprompt", "joint"]
 # epochs / batch / lr per benchmark. Offline: the quickstart's settings. Paper: ConvPrompt's published
 # configuration, applied to every method (one protocol); lr None = each method's published rate.
@@ -114,23 +114,6 @@ def parse_args(argv=None):
     return args
 
 
-def make_backbone(args):
-    """A fresh backbone per run: methods that train LayerNorms must not share them."""
-    if args.backbone == OFFLINE:
-        from avalanche_convprompt.offline_backbone import create_offline_backbone
-        return create_offline_backbone(pretrained=not args.no_pretrained)
-    from avalanche_convprompt.prompted_vit import resolve_backbone
-    return resolve_backbone(args.backbone, pretrained=not args.no_pretrained)
-
-
-def backbone_image_size(args) -> int:
-    if args.backbone == OFFLINE:
-        from avalanche_convprompt.offline_backbone import OFFLINE_BACKBONE_CONFIG
-        return OFFLINE_BACKBONE_CONFIG["img_size"]
-    from avalanche_convprompt.prompted_vit import resolve_backbone
-    return resolve_backbone(args.backbone, pretrained=False, device="meta").patch_embed.img_size[0]
-
-
 def make_allocation(args, stream):
     """ConvPrompt's policy: the paper's descriptor similarity when the stream has descriptors."""
     from avalanche_convprompt import FixedAllocation
@@ -155,7 +138,7 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
     with open(log_path, "w") as log:
         strategy = build_strategy(
             method, protocol, allocation=make_allocation(args, stream) if method == "convprompt" else None,
-            backbone=make_backbone(args), lr=args.lr, train_mb_size=args.batch // world, train_epochs=args.epochs,
+            backbone=make_backbone(args.backbone, pretrained=not args.no_pretrained), lr=args.lr, train_mb_size=args.batch // world, train_epochs=args.epochs,
             eval_mb_size=max(args.batch // world, 128), device=args.device,
             evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []))
         if dist.is_distributed():
@@ -205,7 +188,7 @@ def main(argv=None) -> Dict[str, str]:
     args.no_progress = args.no_progress or not dist.is_main_process()
     out = ensure_writable_dir(args.output)
     ensure_writable_dir(os.path.join(out, "runs"))
-    img_size = backbone_image_size(args)
+    img_size = backbone_image_size(args.backbone)
     started = time.time()
     jobs = [(seed, method) for seed in args.seeds for method in args.strategy]
     overall = tqdm(jobs, desc="runs", unit="run", disable=args.no_progress, position=0)

@@ -28,14 +28,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from avalanche_convprompt import ConvPrompt, SequentialFineTuning  # noqa: E402
+from avalanche_convprompt import ConvPrompt, SequentialFineTuning, backbones  # noqa: E402
 from avalanche_convprompt.evaluation import default_cl_evaluator  # noqa: E402
 from avalanche_convprompt.experiment import run_stream  # noqa: E402
 from avalanche_convprompt.files import ensure_writable_dir, write_json  # noqa: E402
 from avalanche_convprompt.plotting import plot_allocation, plot_runs  # noqa: E402
 from avalanche_convprompt.streams import STREAM_NAMES, make_stream  # noqa: E402
 
-OFFLINE = "offline"
+OFFLINE = backbones.OFFLINE
 # The small shipped backbone (6 blocks, width 128, 4 heads of 32) gets a prompt
 # configuration scaled like the paper's ViT-B one (7 of 12 blocks, L=20, k=17 for Dh=64).
 DEFAULTS = {
@@ -92,20 +92,11 @@ def seed_everything(seed: int) -> None:
 
 def make_backbone(args):
     """A fresh backbone per method: each method trains its own LayerNorms."""
-    if args.backbone == OFFLINE:
-        from avalanche_convprompt.offline_backbone import create_offline_backbone
-        return create_offline_backbone(pretrained=not args.no_pretrained)
-    from avalanche_convprompt.prompted_vit import resolve_backbone
-    return resolve_backbone(args.backbone, pretrained=not args.no_pretrained)
+    return backbones.make_backbone(args.backbone, pretrained=not args.no_pretrained)
 
 
 def backbone_image_size(args) -> int:
-    """The input size the backbone expects, without loading (or even allocating) its weights."""
-    if args.backbone == OFFLINE:
-        from avalanche_convprompt.offline_backbone import OFFLINE_BACKBONE_CONFIG
-        return OFFLINE_BACKBONE_CONFIG["img_size"]
-    from avalanche_convprompt.prompted_vit import resolve_backbone
-    return resolve_backbone(args.backbone, pretrained=False, device="meta").patch_embed.img_size[0]
+    return backbones.backbone_image_size(args.backbone)
 
 
 def make_allocation(args, stream):
