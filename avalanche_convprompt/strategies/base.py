@@ -276,3 +276,34 @@ class PromptedViTTemplate(SupervisedTemplate):
                 f"experience {self.experience.current_experience}, iteration {self.clock.train_epoch_iterations}: "
                 f"{err}") from err
         return F.cross_entropy(logits, targets)
+
+
+class QueryPromptTemplate(PromptedViTTemplate):
+    """What L2P, DualPrompt and CODA-Prompt share: a query-based prompt module over a fully frozen ViT.
+
+    Trains the module's :meth:`trainable_parameters` and the newest linear head
+    at ``lr``; the loss is cross-entropy over the current experience's classes
+    plus ``matching_weight`` x the prompt plan's key-matching loss plus
+    :meth:`extra_loss`.
+    """
+
+    matching_weight: float = 0.0
+
+    @property
+    def prompt_pool(self):
+        return self.net.prompt_module
+
+    def trainable_groups(self) -> List[Dict]:
+        return [{"params": self.prompt_pool.trainable_parameters(), "lr": self.lr},
+                {"params": list(self.net.heads.heads[-1].parameters()), "lr": self.lr}]
+
+    def extra_loss(self) -> Optional[Tensor]:
+        """A method's own regulariser (``None``: none)."""
+        return None
+
+    def training_loss(self) -> Tensor:
+        loss = self.masked_cross_entropy(self.current_classes())
+        if self.matching_weight:
+            loss = loss + self.matching_weight * self.matching_loss()
+        extra = self.extra_loss()
+        return loss if extra is None else loss + extra

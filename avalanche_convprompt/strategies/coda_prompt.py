@@ -12,18 +12,18 @@ blocks 0-4, 20 epochs on Split CIFAR-100.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from ..coda_pool import CodaPromptPool
-from .base import PromptedViTTemplate, build_prompted_classifier
+from .base import QueryPromptTemplate, build_prompted_classifier
 from .convprompt import PAPER_BACKBONE
 
 
-class CodaPrompt(PromptedViTTemplate):
+class CodaPrompt(QueryPromptTemplate):
     """CODA-Prompt: per-sample attention-weighted sums of prompt components.
 
     Args:
@@ -56,12 +56,7 @@ class CodaPrompt(PromptedViTTemplate):
     def prompt_pool(self) -> CodaPromptPool:
         return self.net.prompt_module
 
-    def trainable_groups(self) -> List[Dict]:
-        return [{"params": self.prompt_pool.trainable_parameters(), "lr": self.lr},
-                {"params": list(self.net.heads.heads[-1].parameters()), "lr": self.lr}]
-
-    def training_loss(self) -> Tensor:
-        loss = self.masked_cross_entropy(self.current_classes())
-        if self.orthogonality_penalty:
-            loss = loss + self.orthogonality_penalty * self.prompt_pool.orthogonality_loss()
-        return loss
+    def extra_loss(self) -> Optional[Tensor]:
+        if not self.orthogonality_penalty:
+            return None
+        return self.orthogonality_penalty * self.prompt_pool.orthogonality_loss()

@@ -14,18 +14,17 @@ CIFAR-100 (50 on ImageNet-R).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
-from torch import Tensor
 
 from ..dualprompt_pool import DualPromptPool
-from .base import PromptedViTTemplate, build_prompted_classifier
+from .base import QueryPromptTemplate, build_prompted_classifier
 from .convprompt import PAPER_BACKBONE
 
 
-class DualPrompt(PromptedViTTemplate):
+class DualPrompt(QueryPromptTemplate):
     """DualPrompt: a shared G-prompt and per-experience E-prompts, prefix-tuned.
 
     Args:
@@ -56,10 +55,3 @@ class DualPrompt(PromptedViTTemplate):
     @property
     def prompt_pool(self) -> DualPromptPool:
         return self.net.prompt_module
-
-    def trainable_groups(self) -> List[Dict]:
-        return [{"params": self.prompt_pool.trainable_parameters(), "lr": self.lr},
-                {"params": list(self.net.heads.heads[-1].parameters()), "lr": self.lr}]
-
-    def training_loss(self) -> Tensor:
-        return self.masked_cross_entropy(self.current_classes()) + self.matching_weight * self.matching_loss()

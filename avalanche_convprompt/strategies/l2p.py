@@ -11,18 +11,17 @@ surrogate weight 0.1, 5 epochs on Split CIFAR-100 (50 on ImageNet-R).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
-from torch import Tensor
 
 from ..l2p_pool import L2PPromptPool
-from .base import PromptedViTTemplate, build_prompted_classifier
+from .base import QueryPromptTemplate, build_prompted_classifier
 from .convprompt import PAPER_BACKBONE
 
 
-class L2P(PromptedViTTemplate):
+class L2P(QueryPromptTemplate):
     """Learning to Prompt: per-sample top-k prompts from a shared pool, prepended to the input.
 
     Args:
@@ -53,10 +52,3 @@ class L2P(PromptedViTTemplate):
     @property
     def prompt_pool(self) -> L2PPromptPool:
         return self.net.prompt_module
-
-    def trainable_groups(self) -> List[Dict]:
-        return [{"params": self.prompt_pool.trainable_parameters(), "lr": self.lr},
-                {"params": list(self.net.heads.heads[-1].parameters()), "lr": self.lr}]
-
-    def training_loss(self) -> Tensor:
-        return self.masked_cross_entropy(self.current_classes()) + self.matching_weight * self.matching_loss()
