@@ -98,6 +98,21 @@ def resolve_backbone(backbone: Union[str, VisionTransformer], pretrained: bool =
     return model
 
 
+def input_statistics(vit: VisionTransformer, normalize_inputs: bool):
+    """``(mean, std)`` the timm weights were trained with, or ``(None, None)``.
+
+    The published ConvPrompt setup feeds images in [0, 1] without
+    normalisation; ``normalize_inputs=True`` applies the statistics of the
+    backbone's ``pretrained_cfg`` instead.
+    """
+    if not normalize_inputs:
+        return None, None
+    cfg = getattr(vit, "pretrained_cfg", None) or {}
+    if "mean" not in cfg or "std" not in cfg:
+        raise ValueError("normalize_inputs=True, but the backbone's pretrained_cfg has no mean/std")
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
 def check_backbone(model: nn.Module) -> None:
     """Raise ``TypeError`` unless ``model`` is a ViT that prefix-tuning can drive."""
     if not isinstance(model, VisionTransformer):

@@ -33,7 +33,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from ..heads import label_positions
 from ..model import PromptedClassifier
-from ..prompted_vit import PromptedViT, resolve_backbone
+from ..prompted_vit import PromptedViT, input_statistics, resolve_backbone
 
 
 def build_prompted_classifier(backbone: Union[str, VisionTransformer], pretrained: bool,
@@ -46,8 +46,6 @@ def build_prompted_classifier(backbone: Union[str, VisionTransformer], pretraine
     its width, heads and depth) and returns the module; its ``prompt_layers``
     become the backbone's prefixed blocks and are checked against its depth.
     """
-    from .convprompt import input_statistics
-
     vit = resolve_backbone(backbone, pretrained=pretrained)
     plain = PromptedViT(vit)
     module = make_prompt_module(plain) if make_prompt_module is not None else None
@@ -81,7 +79,8 @@ class PromptedViTTemplate(SupervisedTemplate):
 
     def __init__(self, *, model: PromptedClassifier, lr: Optional[float] = None, base_lr: float = 0.005,
                  norm_lr_scale: float = 0.005, clip_grad_norm: Optional[float] = 1.0, freeze_old_heads: bool = True,
-                 lr_schedule: str = "cosine", train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
+                 lr_schedule: str = "cosine", train_mb_size: int = 128, train_epochs: int = 10,
+                 eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
         if train_mb_size < 1 or train_epochs < 1:
@@ -160,11 +159,8 @@ class PromptedViTTemplate(SupervisedTemplate):
         """While training: add the head for this experience's classes."""
         model = model if model is not None else self.model
         if self.is_training:
-            classes = self.new_classes()
-            if not len(classes):
-                raise ValueError(f"experience {self.experience.current_experience} has no classes")
             net = unwrap(model)
-            net.heads.add_head(classes)
+            net.heads.add_head(self.new_classes())          # check_experience has vetted them
             if not self.freeze_old_heads:
                 net.heads.requires_grad_(True)
             self.grow_prompts(net)

@@ -24,25 +24,10 @@ from torch import Tensor
 from ..conv_prompt_pool import ConvPromptPool
 from ..expansion import FixedAllocation, PromptExpansionPlugin
 from ..model import PromptedClassifier
-from ..prompted_vit import PromptedViT, resolve_backbone
-from .base import PromptedViTTemplate
+from ..prompted_vit import PromptedViT, input_statistics  # noqa: F401  (re-exported)
+from .base import PromptedViTTemplate, build_prompted_classifier
 
 PAPER_BACKBONE = "vit_base_patch16_224.augreg_in21k"
-
-
-def input_statistics(vit: VisionTransformer, normalize_inputs: bool):
-    """``(mean, std)`` the timm weights were trained with, or ``(None, None)``.
-
-    The published ConvPrompt setup feeds images in [0, 1] without
-    normalisation; ``normalize_inputs=True`` applies the statistics of the
-    backbone's ``pretrained_cfg`` instead.
-    """
-    if not normalize_inputs:
-        return None, None
-    cfg = getattr(vit, "pretrained_cfg", None) or {}
-    if "mean" not in cfg or "std" not in cfg:
-        raise ValueError("normalize_inputs=True, but the backbone's pretrained_cfg has no mean/std")
-    return tuple(cfg["mean"]), tuple(cfg["std"])
 
 
 def build_convprompt_model(backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
@@ -50,14 +35,12 @@ def build_convprompt_model(backbone: Union[str, VisionTransformer] = PAPER_BACKB
                            kernel_size: int = 17, normalize_inputs: bool = False,
                            use_prompts: bool = True) -> PromptedClassifier:
     """The ConvPrompt network (no heads, no generators yet) over a timm ViT."""
-    vit = resolve_backbone(backbone, pretrained=pretrained)
-    prompted = PromptedViT(vit, prompt_layers if use_prompts else ())
-    pool = None
-    if use_prompts:
-        pool = ConvPromptPool(prompted.prompt_layers, prompted.num_heads, prompted.head_dim, prompted.embed_dim,
+    def pool(vit: PromptedViT) -> ConvPromptPool:
+        return ConvPromptPool(tuple(prompt_layers), vit.num_heads, vit.head_dim, vit.embed_dim,
                               prompt_length=prompt_length, kernel_size=kernel_size)
-    mean, std = input_statistics(vit, normalize_inputs)
-    return PromptedClassifier(prompted, pool, input_mean=mean, input_std=std)
+
+    return build_prompted_classifier(backbone, pretrained, pool if use_prompts else None,
+                                     normalize_inputs=normalize_inputs)
 
 
 class ConvPrompt(PromptedViTTemplate):
