@@ -90,8 +90,10 @@ def split_cifar100(data_root: str, n_experiences: int = 10, seed: int = 0, img_s
     from avalanche.benchmarks.classic import SplitCIFAR100
     from torchvision.datasets import CIFAR100
 
-    bm = SplitCIFAR100(n_experiences=n_experiences, seed=seed, return_task_id=False, dataset_root=data_root,
-                       train_transform=vit_train_transform(img_size), eval_transform=vit_eval_transform(img_size))
+    # the seeded order, drawn without Avalanche's reset of the global RNG (see _class_order)
+    bm = SplitCIFAR100(n_experiences=n_experiences, fixed_class_order=_class_order(100, seed), return_task_id=False,
+                       dataset_root=data_root, train_transform=vit_train_transform(img_size),
+                       eval_transform=vit_eval_transform(img_size))
     names = dict(enumerate(CIFAR100(data_root, train=False, download=False).classes))
     return Stream("split_cifar100", bm, names, img_size, "cifar100", names)
 

@@ -266,3 +266,31 @@ def test_stream_names_and_errors_for_unknown_or_rootless_streams():
         make_stream("split_imagenet_r")
     with pytest.raises(ValueError, match=r"split_cub200 needs --data-root \(the folder holding CUB_200_2011/\)"):
         make_stream("split_cub200")
+
+
+def test_split_cifar100_gets_the_seeded_order_without_resetting_the_global_rng(tmp_path, monkeypatch):
+    """Avalanche's SplitCIFAR100(seed=...) would call torch.manual_seed; the loader passes the same order instead."""
+    import avalanche.benchmarks.classic as classic
+    import torchvision.datasets
+    from avalanche.benchmarks import nc_benchmark
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test", "meta"):
+        (folder / name).write_bytes(b"")
+    calls = {}
+    monkeypatch.setattr(classic, "SplitCIFAR100", lambda **kw: calls.update(kw) or "benchmark")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100",
+                        lambda *a, **kw: type("Fake", (), {"classes": [f"c{i}" for i in range(100)]})())
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    stream = make_stream("split_cifar100", data_root=str(tmp_path), seed=5)
+    assert torch.equal(torch.rand(1), expected_next)                 # global RNG untouched
+    assert "seed" not in calls and stream.benchmark == "benchmark"
+    x = torch.zeros(100, 1)
+    reference = nc_benchmark(_make_taskaware_tensor_classification_dataset(x, torch.arange(100)),
+                             _make_taskaware_tensor_classification_dataset(x, torch.arange(100)), 10,
+                             task_labels=False, seed=5)
+    assert list(calls["fixed_class_order"]) == list(reference.classes_order)
