@@ -28,13 +28,8 @@ from avalanche_convprompt.methods import METHODS, build_strategy
 warnings.filterwarnings("ignore", message="No loggers specified")
 
 VIT_B16 = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=0)
-PROMPT_METHODS = ("l2p", "dualprompt", "coda", "convprompt")
-
-
-def grown_model(method: str, vit: VisionTransformer, tasks: int, classes_per_task: int,
-                generators_per_task: int = 5):
-    """The method's network after ``tasks`` experiences of growth (paper settings)."""
-    strategy = build_strategy(method, "paper", backbone=vit, device="cpu", evaluator=None)
+def grow(strategy, method: str, tasks: int, classes_per_task: int, generators_per_task: int = 5):
+    """Grow ``strategy``'s network as ``tasks`` experiences would; returns the network."""
     net = strategy.net
     if method == "joint":
         net.heads.add_head(range(tasks * classes_per_task))
@@ -47,6 +42,13 @@ def grown_model(method: str, vit: VisionTransformer, tasks: int, classes_per_tas
         if method == "convprompt":
             net.prompt_module.add_generators(generators_per_task)
     return net
+
+
+def grown_model(method: str, vit: VisionTransformer, tasks: int, classes_per_task: int,
+                generators_per_task: int = 5):
+    """The method's network after ``tasks`` experiences of growth (paper settings)."""
+    strategy = build_strategy(method, "paper", backbone=vit, device="cpu", evaluator=None)
+    return grow(strategy, method, tasks, classes_per_task, generators_per_task)
 
 
 def count(method: str, vit: VisionTransformer, tasks: int = 10, classes_per_task: int = 10) -> Dict[str, int]:

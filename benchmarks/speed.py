@@ -167,19 +167,14 @@ def measure(fns: Dict[str, Callable[[], None]], rounds: int, device, desc: str) 
 
 def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device):
     """Training-step and eval-forward closures for one method grown to ``tasks`` tasks."""
+    from avalanche_convprompt.methods import build_strategy
     from avalanche_convprompt.prompted_vit import resolve_backbone
-    from benchmarks.parameters import grown_model
+    from benchmarks.parameters import grow
 
     torch.manual_seed(0)
     vit = resolve_backbone(backbone, pretrained=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from avalanche_convprompt.methods import build_strategy
-        strategy = build_strategy(method, "paper", backbone=vit, device=str(device), evaluator=None)
-    net = strategy.net
-    grown = grown_model(method, vit, tasks, 10) if method != "joint" else grown_model(method, vit, 1, 100)
-    strategy.model = grown.to(device)
-    net = strategy.net
+    strategy = build_strategy(method, "paper", backbone=vit, device=str(device), evaluator=None)
+    net = grow(strategy, method, tasks, 10).to(device)       # joint: one head over all tasks' classes
     groups = [g for g in strategy.trainable_groups() if g["params"]]
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.Adam(groups, lr=1e-4)
