@@ -7,5 +7,6 @@ from .finetune import SequentialFineTuning
 from .joint import JointTraining
 from .l2p import L2P
 
-__all__ = ["PromptedViTTemplate", "QueryPromptTemplate", "ConvPrompt", "L2P", "DualPrompt", "CodaPrompt", "SequentialFineTuning",
-           "JointTraining", "build_convprompt_model", "build_prompted_classifier", "unwrap", "PAPER_BACKBONE"]
+__all__ = ["PromptedViTTemplate", "QueryPromptTemplate", "ConvPrompt", "L2P", "DualPrompt", "CodaPrompt",
+           "SequentialFineTuning", "JointTraining", "build_convprompt_model", "build_prompted_classifier", "unwrap",
+           "PAPER_BACKBONE"]

@@ -211,9 +211,10 @@ class PromptedViTTemplate(SupervisedTemplate):
         written after evaluated experiences, so the last one stays intact.
         (One host synchronisation per iteration: negligible next to a ViT step.)
         """
-        if not bool(torch.isfinite(self.loss.detach())):
+        loss = self.loss.detach()
+        if not bool(torch.isfinite(loss)):
             raise FloatingPointError(
-                f"the training loss became {float(self.loss.detach())} in experience {self.experience.current_experience}, "
+                f"the training loss became {float(loss)} in experience {self.experience.current_experience}, "
                 f"epoch {self.clock.train_exp_epochs}, iteration {self.clock.train_epoch_iterations}; training "
                 "stopped before the update (lower the learning rate or check the inputs); the last checkpoint, "
                 "if any, is intact")
@@ -277,13 +278,22 @@ class PromptedViTTemplate(SupervisedTemplate):
 class QueryPromptTemplate(PromptedViTTemplate):
     """What L2P, DualPrompt and CODA-Prompt share: a query-based prompt module over a fully frozen ViT.
 
-    Trains the module's :meth:`trainable_parameters` and the newest linear head
-    at ``lr``; the loss is cross-entropy over the current experience's classes
-    plus ``matching_weight`` x the prompt plan's key-matching loss plus
-    :meth:`extra_loss`.
+    Builds the network as their papers do (backbone frozen, LayerNorms
+    included; one plain linear head per experience) around the module
+    ``make_prompt_module(vit)`` returns. Trains the module's
+    ``trainable_parameters()`` and the newest head at ``lr``; the loss is
+    cross-entropy over the current experience's classes plus
+    ``matching_weight`` x the prompt plan's key-matching loss plus
+    :meth:`extra_loss`. Other arguments are :class:`PromptedViTTemplate`'s.
     """
 
-    matching_weight: float = 0.0
+    def __init__(self, *, backbone: Union[str, VisionTransformer], pretrained: bool,
+                 make_prompt_module: Callable[[PromptedViT], nn.Module], normalize_inputs: bool = False,
+                 matching_weight: float = 0.0, **template_kwargs):
+        model = build_prompted_classifier(backbone, pretrained, make_prompt_module, normalize_inputs=normalize_inputs,
+                                          train_norms=False, head_norm=False)
+        self.matching_weight = matching_weight
+        super().__init__(model=model, **template_kwargs)
 
     @property
     def prompt_pool(self):

@@ -19,7 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from ..coda_pool import CodaPromptPool
-from .base import QueryPromptTemplate, build_prompted_classifier
+from .base import QueryPromptTemplate
 from .convprompt import PAPER_BACKBONE
 
 
@@ -42,15 +42,15 @@ class CodaPrompt(QueryPromptTemplate):
                  normalize_inputs: bool = False, train_mb_size: int = 128, train_epochs: int = 20,
                  eval_mb_size: Optional[int] = None, device=None, plugins: Optional[Sequence] = None,
                  evaluator=default_evaluator, eval_every: int = -1, **kwargs):
-        model = build_prompted_classifier(
-            backbone, pretrained,
-            lambda vit: CodaPromptPool(vit.embed_dim, vit.num_heads, prompt_layers, components_per_task,
-                                       prompt_length),
-            normalize_inputs=normalize_inputs, train_norms=False, head_norm=False)
         self.orthogonality_penalty = orthogonality_penalty
-        super().__init__(model=model, lr=lr, base_lr=base_lr, lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm,
-                         train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
-                         device=device, plugins=plugins, evaluator=evaluator, eval_every=eval_every, **kwargs)
+        super().__init__(
+            backbone=backbone, pretrained=pretrained, normalize_inputs=normalize_inputs,
+            make_prompt_module=lambda vit: CodaPromptPool(vit.embed_dim, vit.num_heads, prompt_layers,
+                                                          components_per_task, prompt_length),
+            lr=lr, base_lr=base_lr,
+            lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
+            train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
+            eval_every=eval_every, **kwargs)
 
     @property
     def prompt_pool(self) -> CodaPromptPool:

@@ -20,7 +20,7 @@ from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
 
 from ..dualprompt_pool import DualPromptPool
-from .base import QueryPromptTemplate, build_prompted_classifier
+from .base import QueryPromptTemplate
 from .convprompt import PAPER_BACKBONE
 
 
@@ -43,14 +43,14 @@ class DualPrompt(QueryPromptTemplate):
                  normalize_inputs: bool = False, train_mb_size: int = 128, train_epochs: int = 5,
                  eval_mb_size: Optional[int] = None, device=None, plugins: Optional[Sequence] = None,
                  evaluator=default_evaluator, eval_every: int = -1, **kwargs):
-        model = build_prompted_classifier(
-            backbone, pretrained,
-            lambda vit: DualPromptPool(vit.embed_dim, vit.num_heads, g_layers, e_layers, g_length, e_length),
-            normalize_inputs=normalize_inputs, train_norms=False, head_norm=False)
-        self.matching_weight = matching_weight
-        super().__init__(model=model, lr=lr, base_lr=base_lr, lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm,
-                         train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
-                         device=device, plugins=plugins, evaluator=evaluator, eval_every=eval_every, **kwargs)
+        super().__init__(
+            backbone=backbone, pretrained=pretrained, normalize_inputs=normalize_inputs,
+            make_prompt_module=lambda vit: DualPromptPool(vit.embed_dim, vit.num_heads, g_layers, e_layers,
+                                                          g_length, e_length),
+            matching_weight=matching_weight, lr=lr, base_lr=base_lr,
+            lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
+            train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
+            eval_every=eval_every, **kwargs)
 
     @property
     def prompt_pool(self) -> DualPromptPool:
