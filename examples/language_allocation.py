@@ -17,7 +17,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from avalanche_convprompt.descriptors import SHIPPED_SETS, load_descriptors  # noqa: E402
-from avalanche_convprompt.language_allocation import LanguageModelAllocation, class_descriptors  # noqa: E402
+from avalanche_convprompt.language_allocation import (AVERAGE_OVER, LanguageModelAllocation,  # noqa: E402
+                                                       class_descriptors)
 
 
 def main(argv=None):
@@ -28,6 +29,8 @@ def main(argv=None):
     p.add_argument("--max-generators", type=int, default=5)
     p.add_argument("--encoder", default=None, help="sentence-transformers name or path (default: offline MiniLM)")
     p.add_argument("--class-names-only", action="store_true", help="the ablation without descriptors")
+    p.add_argument("--average-over", default="previous", choices=AVERAGE_OVER,
+                   help="similarity direction: mean over the earlier descriptors (reference) or the current ones")
     args = p.parse_args(argv)
 
     descriptors = load_descriptors(args.dataset)
@@ -37,12 +40,15 @@ def main(argv=None):
     class_keys = dict(enumerate(keys))
     if args.class_names_only:
         policy = LanguageModelAllocation.from_class_names({i: descriptors.name(k) for i, k in class_keys.items()},
-                                                          max_generators=args.max_generators, encoder=args.encoder)
+                                                          max_generators=args.max_generators, encoder=args.encoder,
+                                                          average_over=args.average_over)
     else:
         policy = LanguageModelAllocation(class_descriptors(class_keys, descriptors),
-                                         max_generators=args.max_generators, encoder=args.encoder)
+                                         max_generators=args.max_generators, encoder=args.encoder,
+                                         average_over=args.average_over)
     seen, total = [], 0
-    print(f"{args.dataset}: {args.tasks} tasks x {per_task} classes, class order seed {args.seed}")
+    print(f"{args.dataset}: {args.tasks} tasks x {per_task} classes, class order seed {args.seed}, "
+          f"similarity averaged over the {args.average_over} descriptors")
     for t in range(args.tasks):
         new = order[t * per_task:(t + 1) * per_task]
         decision = policy.allocate(t, new, seen)

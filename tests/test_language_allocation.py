@@ -35,7 +35,7 @@ def test_offline_default_encoder_gives_meaningful_similarities(encoder):
 def test_similar_task_gets_fewer_generators_than_unrelated_task(encoder):
     descriptors = {**FRUIT, **VEHICLES,
                    4: ["round red fruit with a glossy skin", "short stem on top of the fruit"],   # like class 0
-                   5: ["four wheels and a metal body", "headlights at the front"]}             # copies of 2
+                   5: VEHICLES[2] + ["a spare tyre in the boot"]}                              # covers all of 2
     policy = LanguageModelAllocation(descriptors, max_generators=5, encoder=encoder)
     first = policy.allocate(0, [0, 1], [])
     similar = policy.allocate(1, [4], [0, 1])
@@ -43,7 +43,7 @@ def test_similar_task_gets_fewer_generators_than_unrelated_task(encoder):
     assert first.generators == 5 and "similarity" not in first.info
     assert similar.info["similarity"] > unrelated.info["similarity"]
     assert similar.generators < unrelated.generators
-    identical = policy.allocate(2, [5], [0, 1, 2, 3])
+    identical = policy.allocate(2, [5], [2])                  # every earlier descriptor recurs
     assert identical.info["similarity"] == pytest.approx(1.0, abs=1e-5)
     assert identical.generators == 1                          # the minimum
 
@@ -51,8 +51,42 @@ def test_similar_task_gets_fewer_generators_than_unrelated_task(encoder):
 def test_similarity_formula_against_a_hand_computation(encoder):
     cur, prev = ["striped fur", "long tail"], ["striped fur", "short ears", "black nose"]
     e_cur, e_prev = encoder.encode(cur), encoder.encode(prev)
-    expected = float(max(e_cur[0] @ e_prev.T) + max(e_cur[1] @ e_prev.T)) / 2
-    assert descriptor_similarity(cur, prev, encoder) == pytest.approx(expected, abs=1e-6)
+    over_previous = sum(float(max(e_prev[j] @ e_cur.T)) for j in range(3)) / 3       # the reference's direction
+    over_current = float(max(e_cur[0] @ e_prev.T) + max(e_cur[1] @ e_prev.T)) / 2
+    assert descriptor_similarity(cur, prev, encoder) == pytest.approx(over_previous, abs=1e-6)
+    assert descriptor_similarity(cur, prev, encoder, "previous") == pytest.approx(over_previous, abs=1e-6)
+    assert descriptor_similarity(cur, prev, encoder, "current") == pytest.approx(over_current, abs=1e-6)
+    with pytest.raises(ValueError, match="average_over must be one of"):
+        descriptor_similarity(cur, prev, encoder, "both")
+
+
+class AxisEncoder:
+    """A stand-in sentence model: each text is one axis of R^4, so every cosine is 0 or 1."""
+
+    AXES = {"red": 0, "round": 1, "stem": 2, "glossy": 3}
+
+    def encode(self, texts, **kwargs):
+        return torch.nn.functional.one_hot(torch.tensor([self.AXES[t] for t in texts]), 4).float()
+
+
+def test_the_two_directions_give_different_generator_counts():
+    """Earlier classes described by four attributes; the new one repeats just one of them.
+
+    Averaged over the current descriptors (the reverse reading) the new class looks
+    fully known: sim = 1, one generator. Averaged over the earlier descriptors (the
+    reference) only a quarter of what was learned is covered: sim = 0.25,
+    ceil(0.75 * 5) = 4 generators.
+    """
+    descriptors = {0: ["red", "round"], 1: ["stem", "glossy"], 2: ["red"]}
+    encoder = SentenceEncoder(AxisEncoder())
+    reference = LanguageModelAllocation(descriptors, max_generators=5, encoder=encoder)
+    reverse = LanguageModelAllocation(descriptors, max_generators=5, encoder=encoder, average_over="current")
+    assert reference.average_over == "previous"                      # the default is the reference's direction
+    got_reference, got_reverse = reference.allocate(1, [2], [0, 1]), reverse.allocate(1, [2], [0, 1])
+    assert got_reference.info["similarity"] == pytest.approx(0.25) and got_reference.generators == 4
+    assert got_reverse.info["similarity"] == pytest.approx(1.0) and got_reverse.generators == 1
+    with pytest.raises(ValueError, match="average_over must be one of"):
+        LanguageModelAllocation(descriptors, encoder=encoder, average_over="max")
 
 
 @pytest.mark.parametrize("sim, n", [(0.0, 5), (0.2, 4), (0.79, 2), (0.8, 1), (0.81, 1), (1.0, 1), (-0.3, 5)])
