@@ -3,13 +3,23 @@
 Each class is described by short visual attributes written by a language model.
 At experience ``t > 0``::
 
-    sim = mean over a in A_cur of max over b in A_prev of cos(e(a), e(b))
+    sim = mean over b in A_prev of max over a in A_cur of cos(e(a), e(b))
     n_t = ceil((1 - sim) * n_max)          (at least 1, at most n_max)
 
 where ``A_cur`` / ``A_prev`` are the unions of the descriptors of the current and
 of all earlier classes, and ``e`` a sentence encoder. The first experience gets
 ``n_max``. A task that resembles earlier ones therefore adds few generators and
 reuses the old ones.
+
+The average runs over the *earlier* descriptors (``average_over="previous"``):
+that is what the reference implementation computes, and the published numbers
+come from it. ``average_over="current"`` is the reverse reading (mean over the
+current descriptors of their best match among the earlier ones). The two are
+different quantities: as ``A_prev`` grows, every current descriptor finds some
+close earlier one, so the reverse similarity creeps towards 1 and later tasks
+get fewer generators (shipped CIFAR-100 set, 10 tasks: a pool of 26 instead
+of 32, see the README), while the reference asks how much of what was
+learned before the new task covers.
 
 :class:`SentenceEncoder` wraps any sentence-transformers model (name or local
 path) and embeds each distinct text once. The default is the all-MiniLM-L6-v2
@@ -78,12 +88,26 @@ class SentenceEncoder:
         return len(self._cache)
 
 
-def descriptor_similarity(current: Sequence[str], previous: Sequence[str], encoder: SentenceEncoder) -> float:
-    """Mean over ``current`` of the best cosine to any of ``previous`` (the paper's ``sim``)."""
+#: What the similarity averages over: the reference's direction first (the default).
+AVERAGE_OVER = ("previous", "current")
+
+
+def descriptor_similarity(current: Sequence[str], previous: Sequence[str], encoder: SentenceEncoder,
+                          average_over: str = "previous") -> float:
+    """ConvPrompt's ``sim`` between the current and the earlier descriptors.
+
+    ``average_over="previous"`` (the reference implementation's): mean over
+    ``previous`` of the best cosine to any of ``current``. ``"current"``: mean
+    over ``current`` of the best cosine to any of ``previous``.
+    """
+    if average_over not in AVERAGE_OVER:
+        raise ValueError(f"average_over must be one of {AVERAGE_OVER}, got {average_over!r}")
     cur, prev = sorted(set(current)), sorted(set(previous))
     if not cur or not prev:
         raise ValueError("both descriptor sets must be non-empty")
-    return float((encoder.encode(cur) @ encoder.encode(prev).T).max(dim=1).values.mean())
+    cosines = encoder.encode(cur) @ encoder.encode(prev).T          # (|A_cur|, |A_prev|)
+    best = cosines.max(dim=0).values if average_over == "previous" else cosines.max(dim=1).values
+    return float(best.mean())
 
 
 def generators_from_similarity(similarity: float, max_generators: int) -> int:
@@ -136,12 +160,17 @@ class LanguageModelAllocation:
         max_generators: ``n_max`` (paper: 5).
         encoder: a :class:`SentenceEncoder`, a model name/path, or ``None`` for
             the offline default.
+        average_over: ``"previous"`` (default, the reference implementation's
+            direction) or ``"current"`` (the reverse; see the module docstring).
     """
 
     def __init__(self, descriptors: Mapping[int, Sequence[str]], max_generators: int = 5,
-                 encoder: Union[SentenceEncoder, str, None] = None):
+                 encoder: Union[SentenceEncoder, str, None] = None, average_over: str = "previous"):
         if max_generators < 1:
             raise ValueError(f"max_generators must be >= 1, got {max_generators}")
+        if average_over not in AVERAGE_OVER:
+            raise ValueError(f"average_over must be one of {AVERAGE_OVER}, got {average_over!r}")
+        self.average_over = average_over
         empty = [c for c, d in descriptors.items() if not d]
         if empty:
             raise ValueError(f"classes {empty} have no descriptors")
@@ -164,6 +193,6 @@ class LanguageModelAllocation:
         current = self._union(new_classes)
         if not previous_classes:
             return Allocation(experience, self.max_generators, list(new_classes))
-        sim = descriptor_similarity(current, self._union(previous_classes), self.encoder)
+        sim = descriptor_similarity(current, self._union(previous_classes), self.encoder, self.average_over)
         n = generators_from_similarity(sim, self.max_generators)
         return Allocation(experience, n, list(new_classes), {"similarity": round(sim, 6)})
