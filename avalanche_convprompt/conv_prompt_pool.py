@@ -84,11 +84,16 @@ class ConvPromptPool(nn.Module):
         num_heads, head_dim, embed_dim: of the backbone.
         prompt_length: ``L``, prefix tokens per head and side.
         kernel_size: ``k`` of every generator.
+        train_keys: whether the newest task's keys train. The reference
+            implementation's keys never train (its optimiser is built before
+            they exist), so they keep their orthonormal start; the published
+            numbers come from that. ``True`` trains them as the paper's text says.
     """
 
     def __init__(self, prompt_layers: Sequence[int], num_heads: int, head_dim: int, embed_dim: int,
-                 prompt_length: int = 20, kernel_size: int = 17):
+                 prompt_length: int = 20, kernel_size: int = 17, train_keys: bool = False):
         super().__init__()
+        self.train_keys = bool(train_keys)
         if prompt_length < 1 or kernel_size < 1:
             raise ValueError(f"prompt_length and kernel_size must be positive, got {prompt_length} and {kernel_size}")
         if kernel_size > head_dim:
@@ -142,7 +147,7 @@ class ConvPromptPool(nn.Module):
 
         New conv weights/biases take ``nn.Conv2d``'s default initialisation for
         a single-channel ``k x k`` kernel; new keys are orthonormal to all
-        earlier keys.
+        earlier keys (and stay frozen unless ``train_keys``).
         """
         if n < 1:
             raise ValueError(f"a task needs at least one generator, got {n}")
@@ -157,13 +162,13 @@ class ConvPromptPool(nn.Module):
         old_keys = torch.cat(list(self.keys), 0) if len(self.keys) else ref.new_zeros(0, self.key_dim)
         self.conv_weights.append(nn.Parameter(weight))
         self.conv_biases.append(nn.Parameter(bias))
-        self.keys.append(nn.Parameter(orthonormal_complement(old_keys, n)))
+        self.keys.append(nn.Parameter(orthonormal_complement(old_keys, n), requires_grad=self.train_keys))
 
     def current_task_parameters(self) -> List[nn.Parameter]:
-        """Generators and keys of the newest task (the ones that train now)."""
+        """Generators of the newest task, and its keys when ``train_keys`` (the ones that train now)."""
         if not len(self.keys):
             return []
-        return [self.conv_weights[-1], self.conv_biases[-1], self.keys[-1]]
+        return [self.conv_weights[-1], self.conv_biases[-1]] + ([self.keys[-1]] if self.train_keys else [])
 
     def shared_parameters(self) -> List[nn.Parameter]:
         """Shared embeddings and matcher: trained in every task, L1-anchored after the first."""

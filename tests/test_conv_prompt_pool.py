@@ -17,10 +17,10 @@ SHAPES = [
 ]
 
 
-def build_pool(shape, seed=0):
+def build_pool(shape, seed=0, train_keys=False):
     torch.manual_seed(seed)
     pool = ConvPromptPool(shape["layers"], shape["heads"], shape["head_dim"], shape["embed"],
-                          prompt_length=shape["L"], kernel_size=shape["k"])
+                          prompt_length=shape["L"], kernel_size=shape["k"], train_keys=train_keys)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small key spaces cannot hold all keys orthogonally
         for n in shape["tasks"]:
@@ -46,8 +46,9 @@ def test_vectorised_generator_equals_naive_loop(shape):
         torch.testing.assert_close(v.double(), v_ref, atol=1e-5, rtol=1e-5)
 
 
-def test_grad_mode_split_into_frozen_and_live_groups_gives_same_prompts():
-    pool = build_pool(SHAPES[0])
+@pytest.mark.parametrize("train_keys", [False, True])
+def test_grad_mode_split_into_frozen_and_live_groups_gives_same_prompts(train_keys):
+    pool = build_pool(SHAPES[0], train_keys=train_keys)
     queries = [torch.randn(3, 24) for _ in range(2)]
     with torch.no_grad():
         single_group = run_vectorised(pool, queries)
@@ -57,7 +58,11 @@ def test_grad_mode_split_into_frozen_and_live_groups_gives_same_prompts():
     loss = sum(k.square().sum() + v.square().sum() for k, v in two_groups)
     loss.backward()
     assert pool.conv_weights[0].grad is None and pool.keys[0].grad is None      # old task: no gradient
-    assert pool.conv_weights[1].grad.abs().sum() > 0 and pool.keys[1].grad.abs().sum() > 0
+    assert pool.conv_weights[1].grad.abs().sum() > 0
+    if train_keys:
+        assert pool.keys[1].grad.abs().sum() > 0
+    else:                                       # the reference's keys: fixed at their orthonormal start
+        assert pool.keys[1].grad is None and not pool.keys[1].requires_grad
     assert pool.shared_embeddings.grad.abs().sum() > 0
     assert all(p.grad.abs().sum() > 0 for p in pool.matcher.parameters())
 
@@ -70,14 +75,16 @@ def test_weights_depend_on_the_input_and_differ_per_sample():
     assert (k[0] - k[1]).abs().max() > 1e-4
 
 
-def test_new_keys_are_orthonormal_to_old_ones():
+@pytest.mark.parametrize("train_keys", [False, True])
+def test_new_keys_are_orthonormal_to_old_ones(train_keys):
     torch.manual_seed(0)
-    pool = ConvPromptPool((0,), 2, 8, 64, prompt_length=2, kernel_size=3)
+    pool = ConvPromptPool((0,), 2, 8, 64, prompt_length=2, kernel_size=3, train_keys=train_keys)
     for n in (5, 5, 5):
         pool.add_generators(n)
     keys = torch.cat(list(pool.keys), 0)
     torch.testing.assert_close(keys @ keys.T, torch.eye(15), atol=1e-5, rtol=0)
-    assert [p.requires_grad for p in pool.keys] == [False, False, True]
+    assert [p.requires_grad for p in pool.keys] == [False, False, train_keys]
+    assert any(p is pool.keys[-1] for p in pool.current_task_parameters()) == train_keys
     assert [p.requires_grad for p in pool.conv_weights] == [False, False, True]
 
 

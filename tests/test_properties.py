@@ -25,10 +25,10 @@ def pool_shapes(draw):
                 batch=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2 ** 16)))
 
 
-def grown_pool(shape):
+def grown_pool(shape, train_keys=False):
     torch.manual_seed(shape["seed"])
     pool = ConvPromptPool(shape["layers"], shape["heads"], shape["head_dim"], shape["embed"],
-                          prompt_length=shape["L"], kernel_size=shape["k"])
+                          prompt_length=shape["L"], kernel_size=shape["k"], train_keys=train_keys)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # tiny key spaces cannot keep every key orthogonal
         for n in shape["tasks"]:
@@ -52,16 +52,17 @@ def test_generator_equals_the_naive_loop_for_any_shape(shape):
 
 
 @SETTINGS
-@given(pool_shapes())
-def test_gradients_reach_exactly_the_live_generators(shape):
-    pool = grown_pool(shape)
+@given(pool_shapes(), st.booleans())
+def test_gradients_reach_exactly_the_live_generators(shape, train_keys):
+    pool = grown_pool(shape, train_keys)
     queries = [torch.randn(shape["batch"], shape["embed"]) for _ in shape["layers"]]
     prompter = pool.prompter()
     sum(k.sum() + v.square().sum() for k, v in (prompter(b, q) for b, q in zip(pool.prompt_layers, queries))).backward()
     last = len(shape["tasks"]) - 1
     for t, (w, b, key) in enumerate(zip(pool.conv_weights, pool.conv_biases, pool.keys)):
-        for p in (w, b, key):
+        for p in (w, b):
             assert (p.grad is not None) == (t == last)
+        assert (key.grad is not None) == (t == last and train_keys)       # keys: only the newest, if trained
     assert pool.shared_embeddings.grad is not None
 
 

@@ -30,12 +30,14 @@ class ParameterAudit(SupervisedPlugin):
                               if p.grad is not None and p.grad.abs().sum() > 0}
 
 
-def test_gradient_audit_on_second_experience(tiny_convprompt_kwargs):
+@pytest.mark.parametrize("train_keys", [False, True])
+def test_gradient_audit_on_second_experience(tiny_convprompt_kwargs, train_keys):
+    """Exactly the recipe's parameters train; the new keys only with ``train_keys`` (the reference: never)."""
     train, test = blob_datasets([0, 1, 2, 3], train_per_class=8)
     bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2, class_order=[2, 0, 3, 1])
     audit = ParameterAudit(audited_experience=1)
     kwargs = dict(tiny_convprompt_kwargs, train_mb_size=64)      # one iteration per experience
-    strategy = ConvPrompt(backbone=tiny_vit(), lr=0.01, plugins=[audit], **kwargs)
+    strategy = ConvPrompt(backbone=tiny_vit(), lr=0.01, plugins=[audit], train_keys=train_keys, **kwargs)
     strategy.train(bm.train_stream[0])
     strategy.train(bm.train_stream[1])
     before = audit.snapshot
@@ -46,19 +48,23 @@ def test_gradient_audit_on_second_experience(tiny_convprompt_kwargs):
     assert len(norms) == 2 * 4 * 2 + 2
     should_train = norms | {
         "prompt_module.shared_embeddings", "prompt_module.conv_weights.1", "prompt_module.conv_biases.1",
-        "prompt_module.keys.1", "heads.heads.1.norm.weight", "heads.heads.1.norm.bias",
+        "heads.heads.1.norm.weight", "heads.heads.1.norm.bias",
         "heads.heads.1.linear.weight", "heads.heads.1.linear.bias",
-    } | {n for n in before if n.startswith("prompt_module.matcher.")}
+    } | {n for n in before if n.startswith("prompt_module.matcher.")} | (
+        {"prompt_module.keys.1"} if train_keys else set())
     assert audit.with_grad == should_train
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == should_train
     frozen = set(before) - should_train
     assert {"prompt_module.conv_weights.0", "prompt_module.keys.0", "heads.heads.0.linear.weight",
             "backbone.vit.blocks.0.attn.qkv.weight", "backbone.vit.patch_embed.proj.weight"} <= frozen
+    optimised = {id(p) for g in strategy.optimizer.param_groups for p in g["params"]}
+    assert (id(after["prompt_module.keys.1"]) in optimised) == train_keys
+    assert not any(id(k) in optimised for k in strategy.prompt_pool.keys[:1])
     # norms learn at 0.005 x lr from the second experience on; everything else at lr
     lrs = {id(p): g["initial_lr"] for g in strategy.optimizer.param_groups for p in g["params"]}
     assert lrs[id(after["backbone.vit.blocks.0.norm1.weight"])] == pytest.approx(0.01 * 0.005)
-    assert lrs[id(after["prompt_module.keys.1"])] == pytest.approx(0.01)
+    assert lrs[id(after["prompt_module.conv_weights.1"])] == pytest.approx(0.01)
     assert len(lrs) == len(should_train)                        # nothing frozen sits in the optimiser
 
 

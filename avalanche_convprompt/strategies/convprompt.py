@@ -2,11 +2,13 @@
 
 The recipe, per experience ``t`` (see ``../shared/spec/convprompt.md``):
 
-* the expansion plugin adds ``n_t`` generators (old ones freeze, their keys
-  stop receiving gradient, the new keys start orthonormal to them);
+* the expansion plugin adds ``n_t`` generators (old ones freeze; the new keys
+  start orthonormal to all earlier ones and, as in the reference run, stay
+  there unless ``train_keys``);
 * a new head for the experience's classes; old heads freeze;
-* Adam over: new generators and keys, shared embeddings, matcher, new head at
-  ``lr``; backbone LayerNorms at ``lr`` (``t = 0``) or ``0.005 * lr`` (``t > 0``);
+* Adam over: new generators (and their keys with ``train_keys``), shared
+  embeddings, matcher, new head at ``lr``; backbone LayerNorms at ``lr``
+  (``t = 0``) or ``0.005 * lr`` (``t > 0``);
 * loss = cross-entropy over the current classes only
   ``+ drift_penalty * (|E - E_start|_1 + |M - M_start|_1)`` for ``t > 0``, where
   ``E`` are the shared embeddings, ``M`` all matcher parameters and ``*_start``
@@ -33,11 +35,11 @@ PAPER_BACKBONE = "vit_base_patch16_224.augreg_in21k"
 def build_convprompt_model(backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                            prompt_layers: Sequence[int] = tuple(range(7)), prompt_length: int = 20,
                            kernel_size: int = 17, normalize_inputs: bool = False,
-                           use_prompts: bool = True) -> PromptedClassifier:
+                           use_prompts: bool = True, train_keys: bool = False) -> PromptedClassifier:
     """The ConvPrompt network (no heads, no generators yet) over a timm ViT."""
     def pool(vit: PromptedViT) -> ConvPromptPool:
         return ConvPromptPool(tuple(prompt_layers), vit.num_heads, vit.head_dim, vit.embed_dim,
-                              prompt_length=prompt_length, kernel_size=kernel_size)
+                              prompt_length=prompt_length, kernel_size=kernel_size, train_keys=train_keys)
 
     return build_prompted_classifier(backbone, pretrained, pool if use_prompts else None,
                                      normalize_inputs=normalize_inputs)
@@ -58,6 +60,10 @@ class ConvPrompt(PromptedViTTemplate):
         lr: learning rate; default ``0.005 * train_mb_size / 256``.
         normalize_inputs: normalise inputs with the backbone's mean/std
             (the published setup does not).
+        train_keys: train the new generators' keys (``False``, the default, is
+            what the reference implementation does and what produced the
+            published numbers: its keys keep their orthonormal start; the
+            paper's text describes learnable keys).
         allocation: policy deciding generators per experience; default
             ``FixedAllocation(generators_per_task)``. Ignored when ``plugins``
             already holds a :class:`PromptExpansionPlugin`.
@@ -68,12 +74,13 @@ class ConvPrompt(PromptedViTTemplate):
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                  prompt_layers: Sequence[int] = tuple(range(7)), prompt_length: int = 20, kernel_size: int = 17,
                  generators_per_task: int = 5, drift_penalty: float = 0.01, clip_grad_norm: Optional[float] = 1.0,
-                 lr: Optional[float] = None, normalize_inputs: bool = False, allocation=None,
+                 lr: Optional[float] = None, normalize_inputs: bool = False, train_keys: bool = False,
+                 allocation=None,
                  train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
         model = build_convprompt_model(backbone, pretrained, prompt_layers, prompt_length, kernel_size,
-                                       normalize_inputs)
+                                       normalize_inputs, train_keys=train_keys)
         plugins = list(plugins or [])
         if not any(isinstance(p, PromptExpansionPlugin) for p in plugins):
             plugins.append(PromptExpansionPlugin(allocation or FixedAllocation(generators_per_task)))
