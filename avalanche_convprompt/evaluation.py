@@ -15,21 +15,36 @@ experience ``t``, ``T`` experiences, ``0``-based):
   Avalanche's own ``StreamForgetting`` uses the accuracy right after training
   ``i`` instead of the maximum, so the two can differ; both are reported.
 
-Avalanche fills one matrix row per call of ``strategy.train(...)``: train one
-experience per call and evaluate after each, as the examples do.
+Avalanche's ``accuracy_matrix_metrics`` indexes rows by the number of
+``strategy.train(...)`` *calls* (not experiences), writes every evaluation into
+the current row whatever stream it is on, and leaves entries it never evaluated
+at 0. :func:`summarize_run` therefore checks, from the clock, the matrix
+metric's call count and the evaluator's per-experience accuracy history
+(``Top1_Acc_Exp/eval_phase/<stream>/.../ExpNNN``: which experiences were tested,
+on which stream, at which training iteration), that every row it reports was
+filled, and raises ``ValueError`` otherwise; see its docstring for what each
+way of training and evaluating yields.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 import torch
 from avalanche.evaluation.metrics import (accuracy_matrix_metrics, accuracy_metrics, bwt_metrics,
                                           forgetting_metrics, loss_metrics)
+from avalanche.evaluation.metrics.acc_matrix import AccuracyMatrixPluginMetric
 from avalanche.training.plugins import EvaluationPlugin
 
 ACC_MATRIX_METRIC = "EvalStream/Acc_Matrix"
+# Avalanche's per-experience accuracy (accuracy_metrics(experience=True)), with or without a task label
+_EXP_ACCURACY = re.compile(r"^Top1_Acc_Exp/eval_phase/(?P<stream>[^/]+)/(?:Task\d+/)?Exp(?P<exp>\d+)$")
+HOW_TO_EVALUATE = ("train one experience per strategy.train(...) call and after each evaluate the test experiences "
+                   "seen so far: for t, exp in enumerate(benchmark.train_stream): "
+                   "strategy.train(exp, eval_streams=[]); strategy.eval(benchmark.test_stream[:t + 1]); "
+                   "or use avalanche_convprompt.experiment.run_stream")
 
 
 def default_cl_evaluator(loggers: Optional[Sequence] = None) -> EvaluationPlugin:
@@ -103,7 +118,36 @@ class RunSummary:
 
 
 def summarize_run(strategy, method: Optional[str] = None, evaluator: Optional[EvaluationPlugin] = None) -> RunSummary:
-    """Summarise a finished run of ``strategy`` from its evaluator's accuracy matrix."""
+    """Summarise a finished run of ``strategy`` from its evaluator's accuracy matrix.
+
+    The evaluator needs ``accuracy_matrix_metrics()`` and
+    ``accuracy_metrics(experience=True)`` with its history kept (``collect_all``,
+    Avalanche's default); :func:`default_cl_evaluator` has both. What each way of
+    training and evaluating yields (``T`` experiences trained):
+
+    * one experience per ``strategy.train(exp)`` call, then
+      ``strategy.eval(test_stream[:t+1])`` (or the whole test stream) after each,
+      as :func:`~avalanche_convprompt.experiment.run_stream` does: the ``T x T``
+      matrix; entries above the diagonal are 0 unless those experiences were
+      tested too (a model that really scores 0 is reported as 0);
+    * the same with Avalanche's periodic evaluation (``eval_every >= 0`` on the
+      strategy and ``strategy.train(exp, eval_streams=[test_stream[:t+1]])``,
+      with or without ``strategy.eval`` calls): the same matrix, each row as
+      last evaluated during or after its experience's training;
+    * ``strategy.train(train_stream)`` (several experiences in one call, with or
+      without periodic evaluation): ``ValueError``, since Avalanche wrote every
+      evaluation into the row of the call, not of the experience;
+    * periodic evaluation on the training experiences (``eval_every >= 0``
+      without ``eval_streams``), or evaluations on more than one stream:
+      ``ValueError``, since the matrix does not record which stream an entry
+      came from;
+    * a row ``t`` whose experiences ``0..t`` were not all evaluated after
+      training experience ``t`` (evaluating only the current experience, or
+      only at the end of the run): ``ValueError`` naming the row.
+
+    A joint-training strategy (``is_joint``) gives one row: the model trained
+    once on everything, tested on every experience.
+    """
     evaluator = evaluator or strategy.evaluator
     last = evaluator.get_last_metrics()
     if ACC_MATRIX_METRIC not in last:
@@ -118,7 +162,7 @@ def summarize_run(strategy, method: Optional[str] = None, evaluator: Optional[Ev
         matrix = matrix[:1]
         accuracy, forgetting, stream_forgetting = float(matrix[0].mean()), None, None
     else:
-        trained = min(matrix.shape[0], len(net.heads))
+        trained = _check_evaluated_rows(strategy, evaluator)
         matrix = matrix[:trained, :trained]
         accuracy, forgetting = average_accuracy(matrix), average_forgetting(matrix)
     breakdown = net.parameter_breakdown()
@@ -131,3 +175,72 @@ def summarize_run(strategy, method: Optional[str] = None, evaluator: Optional[Ev
         learnable_parameters=breakdown["total"],
         parameter_breakdown=breakdown,
     )
+
+
+def _check_evaluated_rows(strategy, evaluator: EvaluationPlugin) -> int:
+    """Number ``T`` of trained experiences, once rows ``0..T-1`` of the accuracy matrix are known to be filled.
+
+    Bookkeeping only, never the matrix's values (an evaluated 0 is a real 0):
+
+    * Avalanche's matrix metric counts ``strategy.train`` calls; the clock counts
+      trained experiences. They must agree, or rows are per call.
+    * The history of ``Top1_Acc_Exp/eval_phase/<stream>/.../ExpNNN`` says which
+      experiences were tested on which stream at which training iteration ``x``.
+      All on one stream, not the training stream.
+    * Row ``t`` is the model after training experience ``t``, at iteration
+      ``end_t``: ``end_{T-1}`` is the clock's iteration count and ``end_{T-2}``
+      that minus the last experience's iterations (both exact); experiences
+      ``0..t`` must have been tested there. Earlier rows need an iteration
+      ``end_t < end_{t+1}`` at which ``0..t`` were all tested (latest such one).
+    """
+    clock = strategy.clock
+    trained = int(clock.train_exp_counter)
+    if trained == 0:
+        raise ValueError(f"nothing was trained yet, so there is no accuracy matrix to summarise; {HOW_TO_EVALUATE}")
+    matrix_metric = next((m for m in evaluator.metrics if isinstance(m, AccuracyMatrixPluginMetric)), None)
+    if matrix_metric is not None:
+        calls = 0 if matrix_metric.num_training_steps is None else int(matrix_metric.num_training_steps) + 1
+        if calls != trained:
+            raise ValueError(
+                f"cannot summarise this run: Avalanche's accuracy matrix has one row per strategy.train(...) call, "
+                f"and {trained} experience(s) were trained in {calls} call(s), so its rows are not one per "
+                f"experience; {HOW_TO_EVALUATE}")
+    tested: Dict[str, Dict[int, Set[int]]] = {}          # stream -> training iteration -> experiences tested there
+    for name, (xs, _) in evaluator.get_all_metrics().items():
+        match = _EXP_ACCURACY.match(name)
+        if match:
+            at = tested.setdefault(match["stream"], {})
+            for x in xs:
+                at.setdefault(int(x), set()).add(int(match["exp"]))
+    if not tested:
+        raise ValueError(
+            "summarize_run checks which experiences were evaluated after which training experience from the "
+            "evaluator's history of per-experience accuracies ('Top1_Acc_Exp/eval_phase/...'), and it has none: "
+            "build the evaluator with accuracy_metrics(experience=True) and collect_all=True "
+            "(default_cl_evaluator() does)")
+    if len(tested) > 1 or "train_stream" in tested:
+        raise ValueError(
+            f"cannot summarise this run: it was evaluated on {', '.join(sorted(tested))}, and Avalanche's accuracy "
+            "matrix keeps whichever evaluation came last without recording its stream (periodic evaluation with "
+            "eval_every >= 0 and no eval_streams tests the training experiences); evaluate on the test stream only "
+            f"(strategy.train(exp, eval_streams=[]) or eval_streams=[test_stream[:t + 1]]); {HOW_TO_EVALUATE}")
+    (stream, at), = tested.items()
+    ends = [0] * trained
+    ends[-1] = int(clock.train_iterations)
+    if trained >= 2:
+        ends[-2] = ends[-1] - int(clock.train_exp_iterations)
+    for t in range(trained - 1, -1, -1):
+        needed = set(range(t + 1))
+        if t < trained - 2:
+            candidates = [x for x, exps in at.items() if 0 < x < ends[t + 1] and needed <= exps]
+            if candidates:
+                ends[t] = max(candidates)
+                continue
+        missing = sorted(needed - at.get(ends[t], set())) if t >= trained - 2 else sorted(needed)
+        if missing:
+            raise ValueError(
+                f"cannot summarise this run: row {t} of the accuracy matrix was never filled, since experience(s) "
+                f"{missing} of {stream} were not {'all ' if len(missing) > 1 else ''}evaluated after training "
+                f"experience {t}"
+                f"{'' if t == trained - 1 else f' and before training experience {t + 1}'}; {HOW_TO_EVALUATE}")
+    return trained

@@ -3,10 +3,12 @@ import json
 import os
 
 import pytest
+import torch
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+from avalanche.core import SupervisedPlugin
 
 from avalanche_convprompt import ConvPrompt
-from avalanche_convprompt.evaluation import average_accuracy, average_forgetting, default_cl_evaluator
+from avalanche_convprompt.evaluation import average_accuracy, average_forgetting, default_cl_evaluator, summarize_run
 from avalanche_convprompt.experiment import run_stream
 from avalanche_convprompt.files import atomic_path, ensure_writable_dir, write_json
 from avalanche_convprompt.plotting import plot_runs, seen_class_accuracy_curve
@@ -44,6 +46,10 @@ def test_run_summary_from_a_real_avalanche_run(tmp_path):
     assert len(m) == 3 and all(len(row) == 3 for row in m)
     assert all(m[t][i] == 0.0 for t in range(3) for i in range(t + 1, 3))     # never tested before training
     assert summary.average_accuracy == pytest.approx(sum(m[2]) / 3)
+    history = strategy.evaluator.get_all_metrics()
+    for i in range(3):      # experience i was tested after training experiences i, ..., 2: column i from row i down
+        tested = history[f"Top1_Acc_Exp/eval_phase/test_stream/Exp{i:03d}"][1]
+        assert [m[t][i] for t in range(i, 3)] == pytest.approx([100 * a for a in tested], abs=1e-3)
     assert summary.learnable_parameters == strategy.net.parameter_breakdown()["total"]
     assert [a["generators"] for a in summary.extra["allocation"]] == [5, 5, 5]
     metrics = strategy.evaluator.get_last_metrics()
@@ -60,6 +66,98 @@ def test_missing_accuracy_matrix_is_explained():
                           train_mb_size=16, train_epochs=1, device="cpu", evaluator=None)
     with pytest.raises(ValueError, match="accuracy_matrix_metrics"):
         run_stream(strategy, bm, progress=False)
+
+
+# ------------------------------------------- summarize_run and the ways Avalanche runs can be driven
+HOW_TO = ("train one experience per strategy.train(...) call and after each evaluate the test experiences seen so "
+          "far: for t, exp in enumerate(benchmark.train_stream): strategy.train(exp, eval_streams=[]); "
+          "strategy.eval(benchmark.test_stream[:t + 1]); or use avalanche_convprompt.experiment.run_stream")
+
+
+def two_experience_run(**kwargs):
+    """A tiny ConvPrompt and a 2-experience class-incremental stream of 2 classes each (seconds on a CPU)."""
+    train, test = blob_datasets([0, 1, 2, 3], train_per_class=4, test_per_class=3)
+    bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2, class_order=[3, 0, 2, 1])
+    strategy = ConvPrompt(backbone=tiny_vit(), prompt_layers=(0,), prompt_length=2, kernel_size=3, train_mb_size=8,
+                          train_epochs=1, device="cpu", evaluator=default_cl_evaluator(loggers=[]), **kwargs)
+    return strategy, bm
+
+
+def last_test_accuracies(strategy, seen):
+    """Avalanche's own accuracies (percent) of the last evaluation of test experiences 0..seen-1."""
+    last = strategy.evaluator.get_last_metrics()
+    return [100 * last[f"Top1_Acc_Exp/eval_phase/test_stream/Exp{i:03d}"] for i in range(seen)]
+
+
+def assert_refused(strategy, message):
+    with pytest.raises(ValueError) as error:
+        summarize_run(strategy)
+    assert str(error.value) == f"cannot summarise this run: {message}; {HOW_TO}"
+
+
+@pytest.mark.parametrize("periodic", [False, True], ids=["plain", "periodic-eval"])
+def test_a_whole_stream_trained_in_one_call_is_refused(periodic):
+    # Avalanche's matrix counts rows per train() call: everything landed in row 0, and rows 1.. stayed 0
+    strategy, bm = two_experience_run(eval_every=0 if periodic else -1)
+    strategy.train(bm.train_stream, eval_streams=[bm.test_stream] if periodic else [])
+    strategy.eval(bm.test_stream)
+    assert_refused(strategy, "Avalanche's accuracy matrix has one row per strategy.train(...) call, and 2 "
+                             "experience(s) were trained in 1 call(s), so its rows are not one per experience")
+
+
+def test_periodic_evaluation_on_the_training_experiences_is_refused():
+    # eval_every >= 0 without eval_streams: Avalanche tests the experience just trained, on the training stream
+    strategy, bm = two_experience_run(eval_every=1)
+    for experience in bm.train_stream:
+        strategy.train(experience)
+    assert_refused(strategy, "it was evaluated on train_stream, and Avalanche's accuracy matrix keeps whichever "
+                             "evaluation came last without recording its stream (periodic evaluation with eval_every "
+                             ">= 0 and no eval_streams tests the training experiences); evaluate on the test stream "
+                             "only (strategy.train(exp, eval_streams=[]) or eval_streams=[test_stream[:t + 1]])")
+
+
+@pytest.mark.parametrize("how", ["current-experience-only", "only-at-the-end"])
+def test_rows_that_were_never_evaluated_are_refused(how):
+    strategy, bm = two_experience_run(eval_every=0 if how == "current-experience-only" else -1)
+    for t, experience in enumerate(bm.train_stream):
+        strategy.train(experience, eval_streams=[bm.test_stream[t]] if how == "current-experience-only" else [])
+    if how == "current-experience-only":        # experience 0 was never tested after experience 1
+        row, missing, before_next = 1, [0], ""
+    else:                                       # nothing was tested between the two experiences
+        strategy.eval(bm.test_stream)
+        row, missing, before_next = 0, [0], " and before training experience 1"
+    assert_refused(strategy, f"row {row} of the accuracy matrix was never filled, since experience(s) {missing} of "
+                             f"test_stream were not evaluated after training experience {row}{before_next}")
+
+
+def test_periodic_evaluation_on_the_seen_test_experiences_is_summarised():
+    # Avalanche's periodic evaluation (a last one at the end of each experience), no strategy.eval call
+    strategy, bm = two_experience_run(eval_every=1)
+    expected = []
+    for t, experience in enumerate(bm.train_stream):
+        strategy.train(experience, eval_streams=[bm.test_stream[: t + 1]])
+        expected.append(last_test_accuracies(strategy, t + 1) + [0.0] * (1 - t))
+    summary = summarize_run(strategy)
+    assert summary.accuracy_matrix == [pytest.approx(row, abs=1e-3) for row in expected]
+    assert summary.average_accuracy == pytest.approx(sum(expected[1]) / 2, abs=1e-3)
+    assert summary.average_forgetting == pytest.approx(expected[0][0] - expected[1][0], abs=1e-3)
+
+
+def test_a_model_that_really_scores_zero_is_summarised_as_zero():
+    class AlwaysWrong(SupervisedPlugin):
+        """Makes every evaluated prediction wrong: evaluated accuracies are exactly 0."""
+
+        def after_eval_forward(self, strategy, **kwargs):
+            out, y = strategy.mb_output.clone(), strategy.mb_y
+            known = y < out.shape[1]
+            out[known.nonzero().squeeze(1), y[known]] = -torch.inf
+            strategy.mb_output = out
+
+    strategy, bm = two_experience_run(plugins=[AlwaysWrong()])
+    summary = run_stream(strategy, bm, progress=False)
+    assert summary.accuracy_matrix == [[0.0, 0.0], [0.0, 0.0]]
+    assert summary.average_accuracy == 0.0 and summary.average_forgetting == 0.0
+    assert last_test_accuracies(strategy, 2) == [0.0, 0.0]
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
