@@ -27,6 +27,7 @@ import json
 import math
 import numbers
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,27 +35,78 @@ import numpy as np
 from avalanche_convprompt.files import atomic_path, ensure_writable_dir
 from avalanche_convprompt.plotting import _save, plt, seen_class_accuracy_curve
 
-PUBLISHED_SOURCE = ("Roy et al., ConvPrompt, CVPR 2024: ViT-B/16 pre-trained on ImageNet-21k, 10 tasks; "
-                    "accuracy on all seen classes after the last task / average forgetting (%)")
+# Every published number names its own source and test protocol: the baselines' numbers do not all come
+# from one paper, and L2P's and DualPrompt's CIFAR-100 numbers were measured with a batch vote at test time
+# (which the runs here do not use unless their recipe says so). Common to all of them: 10 tasks; accuracy on
+# all seen classes after the last task / average forgetting (%).
+PUBLISHED_COMMON = "10 tasks; accuracy on all seen classes after the last task / average forgetting (%)"
 
-# benchmark -> method -> (final average accuracy, average forgetting), percent; see PUBLISHED_SOURCE.
-PUBLISHED: Dict[str, Dict[str, Tuple[float, Optional[float]]]] = {
+# source key -> full citation, saying whether the number is the paper's own result or a re-citation.
+SOURCES: Dict[str, str] = {
+    "wang2022_l2p": "Wang et al., L2P, CVPR 2022 (the original paper's own result)",
+    "wang2022_dualprompt": "Wang et al., DualPrompt, ECCV 2022 (the original paper's own result)",
+    "roy2024_cited": ("as cited by ConvPrompt (Roy et al., CVPR 2024): a re-citation, "
+                      "not re-checked against the original paper"),
+    "roy2024_convprompt": "Roy et al., ConvPrompt, CVPR 2024 (the paper's own result)",
+}
+
+BATCH_VOTE = "batch_vote"
+PER_SAMPLE = "per_sample"
+SELECTION_TEXT = {BATCH_VOTE: "batch vote at test time", PER_SAMPLE: "per-sample prompt selection"}
+
+_BATCH_VOTE_PROTOCOL = ("prompt selection by batch vote at test time (majority top-k prompt set over the test "
+                        "batch; single-task test batches leak the task identity), "
+                        "backbone ViT-B/16 IN-21k pretrained + IN-1k fine-tuned")
+_CITED_PROTOCOL = "as reported there, details unknown: as cited by ConvPrompt (not re-checked)"
+_CONVPROMPT_PROTOCOL = ("per-sample prompt selection (no task identity at test), "
+                        "backbone ViT-B/16 IN-21k (no IN-1k fine-tuning)")
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published number: final average accuracy and average forgetting (percent), where it comes from
+    (``source``, a key of :data:`SOURCES`), how it was measured (``protocol``, free text), and the test-time
+    prompt selection it used (``selection``: ``"batch_vote"``, ``"per_sample"``, or None when unknown)."""
+    accuracy: float
+    forgetting: Optional[float]
+    source: str
+    protocol: str
+    selection: Optional[str] = None
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown published source {self.source!r}; known: {sorted(SOURCES)}")
+        if self.selection not in (None, BATCH_VOTE, PER_SAMPLE):
+            raise ValueError(f"selection must be {BATCH_VOTE!r}, {PER_SAMPLE!r} or None, got {self.selection!r}")
+
+    @property
+    def citation(self) -> str:
+        return SOURCES[self.source]
+
+
+# benchmark -> method -> the published number, its source and protocol.
+PUBLISHED: Dict[str, Dict[str, Published]] = {
     "split_cifar100": {
-        "l2p": (83.83, 7.63),
-        "dualprompt": (86.51, 5.16),
-        "coda": (86.25, 1.67),
-        "convprompt": (88.87, 4.75),
+        "l2p": Published(83.83, 7.63, "wang2022_l2p", _BATCH_VOTE_PROTOCOL, BATCH_VOTE),
+        "dualprompt": Published(86.51, 5.16, "wang2022_dualprompt", _BATCH_VOTE_PROTOCOL, BATCH_VOTE),
+        "coda": Published(86.25, 1.67, "roy2024_cited", _CITED_PROTOCOL),
+        "convprompt": Published(88.87, 4.75, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE),
     },
     "split_imagenet_r": {
-        "l2p": (61.57, 9.73),
-        "dualprompt": (68.13, 4.68),
-        "coda": (75.45, 1.64),
-        "convprompt": (77.86, 4.33),
+        "l2p": Published(61.57, 9.73, "roy2024_cited", _CITED_PROTOCOL),
+        "dualprompt": Published(68.13, 4.68, "wang2022_dualprompt",
+                                "per-sample prompt selection at test time, "
+                                "backbone ViT-B/16 IN-21k pretrained + IN-1k fine-tuned", PER_SAMPLE),
+        "coda": Published(75.45, 1.64, "roy2024_cited", _CITED_PROTOCOL),
+        "convprompt": Published(77.86, 4.33, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE),
     },
     "split_cub200": {
-        "convprompt": (80.2, 5.6),
+        "convprompt": Published(80.2, 5.6, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE),
     },
 }
+
+# Methods whose records carry ``config.recipe.selection``; a record from before that field counts as per-sample.
+_SELECTING_METHODS = ("l2p", "dualprompt")
 
 # Table order: lower bound, the prompt methods in publication order, upper bound; others after.
 METHOD_ORDER = ("finetune", "l2p", "dualprompt", "coda", "convprompt", "joint")
@@ -68,7 +120,9 @@ CSV_COLUMNS = ("method", "label", "benchmark", "seeds", "n",
                "learnable_parameters", "learnable_parameters_vary",
                "train_seconds_mean", "train_seconds_std",
                "train_images_per_second_mean", "train_images_per_second_std",
-               "published_accuracy", "published_forgetting")
+               "measured_protocol", "measured_selection",
+               "published_accuracy", "published_forgetting", "published_source", "published_citation",
+               "published_protocol", "published_selection")
 
 DASH = "–"
 
@@ -156,8 +210,48 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
 
 # ----------------------------------------------------------------------------- tables
 
+def _config(run: dict) -> dict:
+    config = run.get("config")
+    return config if isinstance(config, dict) else {}
+
+
+def _run_protocol(run: dict) -> Optional[str]:
+    """``config.protocol`` ("offline", "shared", "reference"; older records: "paper"); None when not recorded."""
+    protocol = _config(run).get("protocol")
+    return None if protocol is None else str(protocol)
+
+
+def _run_selection(run: dict) -> Optional[str]:
+    """``config.recipe.selection`` of L2P/DualPrompt; a record from before that field was per-sample."""
+    recipe = _config(run).get("recipe")
+    selection = recipe.get("selection") if isinstance(recipe, dict) else None
+    if selection is None:
+        return PER_SAMPLE if run["method"] in _SELECTING_METHODS else None
+    return str(selection)
+
+
+def _one_or_mixed(values: Sequence[Optional[str]]) -> Optional[str]:
+    """The seeds' common value; 'mixed: a, b' when they differ ('unknown' for a seed without one)."""
+    distinct = sorted({"unknown" if v is None else v for v in values})
+    if distinct == ["unknown"]:
+        return None
+    return distinct[0] if len(distinct) == 1 else "mixed: " + ", ".join(distinct)
+
+
+def _values(measured: Optional[str]) -> set:
+    """The values behind a measured_protocol / measured_selection cell."""
+    if measured is None:
+        return set()
+    return set(measured[len("mixed: "):].split(", ")) if measured.startswith("mixed: ") else {measured}
+
+
+
 def aggregate(runs: Sequence[dict]) -> List[dict]:
-    """One row per method (first-appearance order): mean and sample std over seeds, and the paper's numbers.
+    """One row per method (first-appearance order): mean and sample std over seeds, and the published numbers.
+
+    ``measured_protocol`` / ``measured_selection``: the runs' ``config.protocol`` and test-time prompt
+    selection (None when not recorded; 'mixed: ...' when the seeds differ). ``published_*``: the number
+    from :data:`PUBLISHED`, its source key and citation, its protocol and its selection (all None if none).
 
     Raises ``ValueError`` for an empty list, mixed benchmarks, a missing or malformed field,
     a duplicated (method, seed), or forgetting null for some seeds of a method only.
@@ -193,8 +287,14 @@ def aggregate(runs: Sequence[dict]) -> List[dict]:
             "learnable_parameters_vary": vary,
             "train_seconds_mean": sec_mean, "train_seconds_std": sec_std,
             "train_images_per_second_mean": ips_mean, "train_images_per_second_std": ips_std,
-            "published_accuracy": published[0] if published else None,
-            "published_forgetting": published[1] if published else None,
+            "measured_protocol": _one_or_mixed([_run_protocol(r) for r in group]),
+            "measured_selection": _one_or_mixed([_run_selection(r) for r in group]),
+            "published_accuracy": published.accuracy if published else None,
+            "published_forgetting": published.forgetting if published else None,
+            "published_source": published.source if published else None,
+            "published_citation": published.citation if published else None,
+            "published_protocol": published.protocol if published else None,
+            "published_selection": published.selection if published else None,
         })
     return rows
 
@@ -208,11 +308,58 @@ def _pm(mean: Optional[float], std: Optional[float], n: int, digits: int) -> str
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _published_text(acc: Optional[float], forg: Optional[float]) -> str:
-    """As the paper prints them ('80.2 / 5.6', not '80.20 / 5.60')."""
+def _published_text(acc: Optional[float], forg: Optional[float], marker: Optional[str] = None) -> str:
+    """As the paper prints them ('80.2 / 5.6', not '80.20 / 5.60'), then the footnote marker ('[a]')."""
     if acc is None:
         return DASH
-    return f"{acc:g} / {DASH if forg is None else format(forg, 'g')}"
+    text = f"{acc:g} / {DASH if forg is None else format(forg, 'g')}"
+    return f"{text} [{marker}]" if marker else text
+
+
+def _marker(i: int) -> str:
+    """a, b, ..., z, aa, ab, ..."""
+    letters = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        letters = chr(ord("a") + r) + letters
+    return letters
+
+
+def _published_footnotes(rows: Sequence[dict]) -> Tuple[Dict[str, str], List[str]]:
+    """Method -> footnote marker, and the footnote lines; rows with the same source and protocol share one."""
+    markers: Dict[Tuple[str, str], str] = {}
+    by_method: Dict[str, str] = {}
+    lines = []
+    for row in rows:
+        if row.get("published_accuracy") is None:
+            continue
+        source = row.get("published_source")
+        citation = row.get("published_citation") or SOURCES.get(source, "source not recorded")
+        protocol = row.get("published_protocol") or "protocol not recorded"
+        key = (str(source), protocol)
+        if key not in markers:
+            markers[key] = _marker(len(markers))
+            lines.append(f"- [{markers[key]}] {citation}. Protocol: {protocol}.")
+        by_method[row["method"]] = markers[key]
+    return by_method, lines
+
+
+def _protocol_notes(rows: Sequence[dict], markers: Dict[str, str]) -> List[str]:
+    """One line per row whose measured test-time prompt selection differs from the published number's."""
+    notes = []
+    for row in rows:
+        published = row.get("published_selection")
+        measured = row.get("measured_selection")
+        if row.get("published_accuracy") is None or published is None or measured is None or measured == published:
+            continue
+        shown = ", ".join(SELECTION_TEXT.get(v, v) for v in sorted(_values(measured)))
+        mixed = " (the seeds differ)" if len(_values(measured)) > 1 else ""
+        marker = markers[row["method"]]
+        notes.append(f"- {row['label']}: measured with {shown}{mixed}, published [{marker}] with "
+                     f"{SELECTION_TEXT.get(published, published)}: the measured and published protocols differ, "
+                     "so do not compare the two numbers directly.")
+    return notes
 
 
 def _params_text(row: dict) -> str:
@@ -222,13 +369,19 @@ def _params_text(row: dict) -> str:
 
 
 def markdown_table(rows: Sequence[dict], benchmark: str) -> str:
-    """The comparison table as Markdown, with a caption that states what the numbers mean."""
+    """The comparison table as Markdown, with a caption that states what the numbers mean.
+
+    Each published number carries a footnote marker ('83.83 / 7.63 [a]'); under the caption, one footnote per
+    (source, protocol) names the citation and the protocol, then a note for every row whose measured
+    test-time prompt selection differs from the published one.
+    """
     for row in rows:
         if row.get("benchmark", benchmark) != benchmark:
             raise ValueError(f"row {row['method']!r} is for {row['benchmark']!r}, not {benchmark!r}")
     header = ("| method | seeds | final avg. accuracy (%) | avg. forgetting (%) | learnable params "
               "| train time (s) | train images/s | published acc. / forg. |")
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---|"]
+    markers, footnotes = _published_footnotes(rows)
     for row in rows:
         n = row["n"]
         cells = [
@@ -239,18 +392,33 @@ def markdown_table(rows: Sequence[dict], benchmark: str) -> str:
             _params_text(row),
             _pm(row["train_seconds_mean"], row["train_seconds_std"], n, 1),
             _pm(row["train_images_per_second_mean"], row["train_images_per_second_std"], n, 1),
-            _published_text(row["published_accuracy"], row["published_forgetting"]),
+            _published_text(row["published_accuracy"], row["published_forgetting"], markers.get(row["method"])),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    if benchmark in PUBLISHED:
-        published = (f"Published: {PUBLISHED_SOURCE}, on the full benchmark; not comparable with the "
-                     "offline stream measured here.")
+    if footnotes:
+        published = (f"Published (last column): each number from the source and under the protocol its footnote "
+                     f"names, on the full benchmark ({PUBLISHED_COMMON}); they do not all come from one paper.")
+        offline = [str(r["label"]) for r in rows
+                   if r.get("published_accuracy") is not None and "offline" in _values(r.get("measured_protocol"))]
+        if offline:
+            published += (f" Measured here with the offline protocol (shipped small backbone): {', '.join(offline)}; "
+                          "not comparable with the published numbers.")
+    elif benchmark == "synthetic":
+        published = (f"No published numbers for {benchmark!r}: the offline synthetic stream; published numbers "
+                     "(on the full benchmarks) are not comparable with it.")
     else:
         published = f"No published numbers for {benchmark!r}."
     caption = (f"\n*{benchmark}: mean ± sample std (ddof=1) over seeds (one seed: the value). "
                "Forgetting (L2P/DualPrompt): mean over `i < T-1` of `max_{i<=t<T-1} A[t,i] - A[T-1,i]`; "
                f"{DASH} for joint training. {published}*")
-    return "\n".join(lines) + "\n" + caption + "\n"
+    text = "\n".join(lines) + "\n" + caption + "\n"
+    if footnotes:
+        text += "\n" + "\n".join(footnotes) + "\n"
+    notes = _protocol_notes(rows, markers)
+    if notes:
+        text += "\nProtocol differences between the measured runs and the published numbers:\n\n" \
+                + "\n".join(notes) + "\n"
+    return text
 
 
 def _csv_value(v) -> str:

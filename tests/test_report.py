@@ -1,9 +1,11 @@
 """The comparison table and plots from run records: arithmetic, formatting, errors, files."""
 import copy
 import csv
+import dataclasses
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -14,15 +16,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(method, seed, acc, forg, *, label=None, benchmark="split_cifar100", matrix=None,
-             params=1000, seconds=10.0, ips=50.0):
-    """A made-up record in the runner's schema (3 experiences unless a matrix is given)."""
+             params=1000, seconds=10.0, ips=50.0, config=None):
+    """A made-up record in the runner's schema (3 experiences unless a matrix is given).
+
+    The default config is an old record's: no ``protocol``, no ``recipe``."""
     if matrix is None:
         matrix = [[90.0, 0.0, 0.0], [80.0, 85.0, 0.0], [70.0, 75.0, 80.0]] if method != "joint" \
             else [[91.0, 92.0, 93.0]]
     return {"method": method, "label": label or method.capitalize(), "benchmark": benchmark, "seed": seed,
             "accuracy_matrix": matrix, "average_accuracy": acc, "average_forgetting": forg,
             "learnable_parameters": params, "train_seconds": seconds, "train_images_per_second": ips,
-            "config": {"epochs": 1}}
+            "config": {"epochs": 1} if config is None else config}
 
 
 @pytest.fixture
@@ -89,19 +93,183 @@ def test_joint_forgetting_is_a_dash_and_one_seed_shows_no_spread(runs):
     assert table_row(table, "Fine-tuning")[2] == "30.00"
 
 
+def marker_of(cell):
+    """'83.83 / 7.63 [a]' -> 'a'."""
+    found = re.fullmatch(r"[\d.]+ / [\d.–]+ \[([a-z]+)\]", cell)
+    assert found, cell
+    return found.group(1)
+
+
+def footnote(table, marker):
+    return next(line for line in table.splitlines() if line.startswith(f"- [{marker}] "))
+
+
+def caption(table):
+    return next(line for line in table.splitlines() if line.startswith("*"))
+
+
+def shared(selection=None, protocol="shared"):
+    """A current record's config: the protocol, and L2P/DualPrompt's test-time selection."""
+    config = {"protocol": protocol}
+    if selection is not None:
+        config["recipe"] = {"selection": selection}
+    return config
+
+
+BASELINES = [("l2p", "L2P", "per_sample"), ("dualprompt", "DualPrompt", "per_sample"),
+             ("coda", "CODA-Prompt", None), ("convprompt", "ConvPrompt", None)]
+
+
+def baseline_table(benchmark, selections=None):
+    """One run of each prompt method on ``benchmark`` (per-sample unless ``selections`` says otherwise)."""
+    selections = selections or {}
+    runs = [make_run(m, 0, 50.0, 5.0, label=label, benchmark=benchmark,
+                     config=shared(selections.get(m, selection)))
+            for m, label, selection in BASELINES]
+    rows = report.aggregate(runs)
+    return rows, report.markdown_table(rows, benchmark)
+
+
 def test_published_column(runs):
     cifar = report.markdown_table(report.aggregate(runs), "split_cifar100")
-    assert table_row(cifar, "ConvPrompt")[7] == "88.87 / 4.75"
+    cell = table_row(cifar, "ConvPrompt")[7]
+    assert cell.startswith("88.87 / 4.75 [") and "Roy et al., ConvPrompt, CVPR 2024" in footnote(cifar, marker_of(cell))
     synthetic_runs = [dict(r, benchmark="synthetic") for r in runs]
     rows = report.aggregate(synthetic_runs)
-    assert row_of(rows, "convprompt")["published_accuracy"] is None
+    cp = row_of(rows, "convprompt")
+    assert cp["published_accuracy"] is None and cp["published_source"] is None and cp["published_protocol"] is None
     synthetic = report.markdown_table(rows, "synthetic")
     assert table_row(synthetic, "ConvPrompt")[7] == "–"
-    assert "No published numbers" in synthetic
+    assert "No published numbers" in synthetic and "not comparable" in caption(synthetic)
+    assert "- [" not in synthetic                                      # no footnotes without published numbers
     cub = report.aggregate([make_run("convprompt", 0, 50.0, 5.0, label="ConvPrompt", benchmark="split_cub200")])
-    assert table_row(report.markdown_table(cub, "split_cub200"), "ConvPrompt")[7] == "80.2 / 5.6"
-    assert report.PUBLISHED["split_imagenet_r"]["coda"] == (75.45, 1.64)
+    assert table_row(report.markdown_table(cub, "split_cub200"), "ConvPrompt")[7] == "80.2 / 5.6 [a]"
+    coda = report.PUBLISHED["split_imagenet_r"]["coda"]
+    assert (coda.accuracy, coda.forgetting) == (75.45, 1.64)
     assert "l2p" not in report.PUBLISHED["split_cub200"]
+
+
+def test_published_records_name_their_own_source():
+    table = {(b, m): p for b, methods in report.PUBLISHED.items() for m, p in methods.items()}
+    assert all(isinstance(p, report.Published) and p.source in report.SOURCES for p in table.values())
+    expected = {
+        ("split_cifar100", "l2p"): (83.83, 7.63, "Wang et al., L2P, CVPR 2022", "batch_vote"),
+        ("split_cifar100", "dualprompt"): (86.51, 5.16, "Wang et al., DualPrompt, ECCV 2022", "batch_vote"),
+        ("split_imagenet_r", "dualprompt"): (68.13, 4.68, "Wang et al., DualPrompt, ECCV 2022", "per_sample"),
+        ("split_cifar100", "coda"): (86.25, 1.67, "as cited by ConvPrompt", None),
+        ("split_imagenet_r", "coda"): (75.45, 1.64, "as cited by ConvPrompt", None),
+        ("split_imagenet_r", "l2p"): (61.57, 9.73, "as cited by ConvPrompt", None),
+        ("split_cifar100", "convprompt"): (88.87, 4.75, "Roy et al., ConvPrompt, CVPR 2024", "per_sample"),
+        ("split_imagenet_r", "convprompt"): (77.86, 4.33, "Roy et al., ConvPrompt, CVPR 2024", "per_sample"),
+        ("split_cub200", "convprompt"): (80.2, 5.6, "Roy et al., ConvPrompt, CVPR 2024", "per_sample"),
+    }
+    assert set(table) == set(expected)
+    for key, (acc, forg, cited, selection) in expected.items():
+        p = table[key]
+        assert (p.accuracy, p.forgetting, p.selection) == (acc, forg, selection), key
+        assert cited in p.citation, key
+    for (benchmark, method), p in table.items():
+        if method == "convprompt":
+            assert "own result" in p.citation and "IN-21k (no IN-1k fine-tuning)" in p.protocol
+        else:                                  # Roy et al. only ever as the citing paper, never the original
+            assert p.source != table["split_cifar100", "convprompt"].source, (benchmark, method)
+            assert "Roy et al." not in p.citation or "as cited by ConvPrompt" in p.citation, (benchmark, method)
+    with pytest.raises(ValueError, match="unknown published source"):
+        report.Published(1.0, 1.0, "somebody", "per-sample")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        table["split_cifar100", "l2p"].accuracy = 0.0
+
+
+def test_cifar100_footnotes_name_each_rows_paper_and_protocol():
+    rows, table = baseline_table("split_cifar100")
+    l2p = footnote(table, marker_of(table_row(table, "L2P")[7]))
+    assert "Wang et al., L2P, CVPR 2022" in l2p and "own result" in l2p and "batch vote" in l2p
+    assert "IN-21k pretrained + IN-1k fine-tuned" in l2p and "Roy et al." not in l2p
+    dual = footnote(table, marker_of(table_row(table, "DualPrompt")[7]))
+    assert "Wang et al., DualPrompt, ECCV 2022" in dual and "batch vote" in dual and "Roy et al." not in dual
+    coda = footnote(table, marker_of(table_row(table, "CODA-Prompt")[7]))
+    assert "as cited by ConvPrompt (Roy et al., CVPR 2024)" in coda and "not re-checked" in coda
+    assert "as cited by ConvPrompt (not re-checked)" in coda
+    cp = footnote(table, marker_of(table_row(table, "ConvPrompt")[7]))
+    assert "Roy et al., ConvPrompt, CVPR 2024" in cp and "own result" in cp and "per-sample" in cp
+    assert "Roy et al." not in caption(table) and "do not all come from one paper" in caption(table)
+    assert "10 tasks" in caption(table)
+    assert len({marker_of(table_row(table, label)[7]) for _, label, _ in BASELINES}) == 4
+    l2p_row = row_of(rows, "l2p")
+    assert l2p_row["published_source"] == "wang2022_l2p" and "batch vote" in l2p_row["published_protocol"]
+    assert l2p_row["published_citation"].startswith("Wang et al., L2P, CVPR 2022")
+
+
+def test_imagenet_r_rows_with_the_same_source_and_protocol_share_a_footnote():
+    _, table = baseline_table("split_imagenet_r")
+    markers = {label: marker_of(table_row(table, label)[7]) for _, label, _ in BASELINES}
+    assert markers["L2P"] == markers["CODA-Prompt"]                     # both re-cited by ConvPrompt
+    assert len(set(markers.values())) == 3
+    assert "as cited by ConvPrompt" in footnote(table, markers["L2P"])
+    dual = footnote(table, markers["DualPrompt"])
+    assert "Wang et al., DualPrompt, ECCV 2022" in dual and "per-sample" in dual and "batch vote" not in dual
+    assert sum(line.startswith("- [") for line in table.splitlines()) == 3
+    assert "protocols differ" not in table                             # per-sample measured and published
+
+
+def test_per_sample_runs_against_a_batch_vote_number_are_flagged():
+    _, table = baseline_table("split_cifar100")
+    notes = [line for line in table.splitlines() if "protocols differ" in line]
+    assert len(notes) == 2
+    l2p = next(line for line in notes if line.startswith("- L2P:"))
+    marker = marker_of(table_row(table, "L2P")[7])
+    assert f"published [{marker}] with batch vote" in l2p and "measured with per-sample" in l2p
+    assert any(line.startswith("- DualPrompt:") for line in notes)
+    _, voted = baseline_table("split_cifar100", {"l2p": "batch_vote", "dualprompt": "batch_vote"})
+    assert "protocols differ" not in voted                             # same selection as the paper: no note
+    _, imr = baseline_table("split_imagenet_r", {"dualprompt": "batch_vote"})
+    assert "- DualPrompt: measured with batch vote" in imr and "published [" in imr
+    mixed = report.aggregate([make_run("l2p", 0, 1.0, 1.0, label="L2P", config=shared("per_sample")),
+                              make_run("l2p", 1, 1.0, 1.0, label="L2P", config=shared("batch_vote"))])
+    assert mixed[0]["measured_selection"] == "mixed: batch_vote, per_sample"
+    assert "(the seeds differ)" in report.markdown_table(mixed, "split_cifar100")
+
+
+def test_old_records_without_recipe_or_protocol_still_report(tmp_path):
+    old = [make_run("l2p", 0, 80.0, 8.0, label="L2P"),                                  # config without recipe
+           make_run("dualprompt", 0, 82.0, 6.0, label="DualPrompt", config={"protocol": "paper"}),
+           make_run("convprompt", 0, 85.0, 5.0, label="ConvPrompt")]
+    del old[2]["config"]                                                                 # no config at all
+    rows = report.aggregate(old)
+    assert row_of(rows, "l2p")["measured_selection"] == "per_sample"                    # missing = per-sample
+    assert row_of(rows, "l2p")["measured_protocol"] is None
+    assert row_of(rows, "dualprompt")["measured_protocol"] == "paper"
+    assert row_of(rows, "convprompt")["measured_selection"] is None
+    table = report.markdown_table(rows, "split_cifar100")
+    assert "- L2P: measured with per-sample" in table and "- DualPrompt: measured with per-sample" in table
+    assert "ConvPrompt: measured" not in table
+    paths = report.write_report(old, str(tmp_path / "out"))
+    assert "| L2P | 0 |" in read(paths["markdown"], "r")
+
+
+def test_offline_protocol_on_a_real_benchmark_is_not_comparable():
+    runs = [make_run("l2p", 0, 40.0, 8.0, label="L2P", benchmark="split_imagenet_r", config=shared(protocol="offline")),
+            make_run("coda", 0, 45.0, 3.0, label="CODA-Prompt", benchmark="split_imagenet_r",
+                     config=shared(protocol="shared"))]
+    table = report.markdown_table(report.aggregate(runs), "split_imagenet_r")
+    assert table_row(table, "L2P")[7].startswith("61.57 / 9.73 [")
+    assert "offline protocol (shipped small backbone): L2P; not comparable" in caption(table)
+
+
+def test_csv_has_the_published_source_and_protocol_columns():
+    rows, _ = baseline_table("split_cifar100")
+    parsed = list(csv.DictReader(io.StringIO(report.csv_table(rows))))
+    for key in ("published_source", "published_citation", "published_protocol", "published_selection",
+                "measured_protocol", "measured_selection"):
+        assert key in parsed[0], key
+    l2p = row_of(parsed, "l2p")
+    assert l2p["published_source"] == "wang2022_l2p" and "batch vote" in l2p["published_protocol"]
+    assert l2p["published_citation"].startswith("Wang et al., L2P, CVPR 2022")
+    assert (l2p["published_selection"], l2p["measured_selection"], l2p["measured_protocol"]) == \
+        ("batch_vote", "per_sample", "shared")
+    coda = row_of(parsed, "coda")
+    assert coda["published_source"] == "roy2024_cited" and "not re-checked" in coda["published_protocol"]
+    assert row_of(parsed, "convprompt")["published_source"] == "roy2024_convprompt"
 
 
 def test_varying_parameter_count_is_averaged_and_noted():
@@ -151,6 +319,7 @@ def test_csv_parses_back_to_the_same_numbers(runs):
     cp = row_of(parsed, "convprompt")
     assert float(cp["published_accuracy"]) == 88.87 and float(cp["published_forgetting"]) == 4.75
     assert row_of(parsed, "joint")["forgetting_mean"] == ""
+    assert cp["published_source"] == "roy2024_convprompt" and row_of(parsed, "joint")["published_source"] == ""
 
 
 def test_mean_matrix(runs):
