@@ -14,9 +14,10 @@ of ``P(x)`` prefix the keys, the last ``L/2`` the values (prefix-tuning).
 Each experience adds ``components_per_task`` components (published: 100 over 10
 tasks, ``L = 8``, blocks 0-4). New ``P``, ``K`` and ``A`` rows start orthonormal
 to all earlier ones (Gram-Schmidt); earlier rows freeze. The optional penalty
-``sum ||X X^T - I||_F^2`` over ``X in {P, K, A}`` keeps them orthogonal while
-training; its published weight is 0 (the initialisation suffices), which is
-the default here.
+``sum_{X in P, K, A} sum_layers mean((X X^T - I)^2)`` (a mean over the ``M x M``
+entries of each matrix, as the reference computes it) keeps them orthogonal
+while training; its published weight is 0 (the initialisation suffices), which
+is the default here.
 
 The weights are computed without a ``(B, M, C)`` intermediate:
 ``(q * A_m) . K_m = q . (A_m * K_m)`` and ``|q * A_m|^2 = q^2 . A_m^2``.
@@ -125,14 +126,19 @@ class CodaPromptPool(nn.Module):
         return PromptPlan(num_heads=self.num_heads, prefixes=prefixes, selected=alpha.argmax(dim=2))
 
     def orthogonality_loss(self) -> Tensor:
-        """``sum_{X in P, K, A} sum_layers ||X X^T - I||_F^2`` over all rows so far."""
+        """``sum_{X in P, K, A} sum_layers mean((X X^T - I)^2)`` over all rows so far.
+
+        A mean per matrix, not a sum: with ``M`` rows the sum would be ``M^2``
+        times larger (10^4 at the published 100 components) and the published
+        weights would mean something else.
+        """
         total = self.components[0].new_zeros(())
         for group, width in ((self.components, self.prompt_length * self.embed_dim), (self.keys, self.embed_dim),
                              (self.attention, self.embed_dim)):
             X = torch.cat([p.reshape(p.shape[0], p.shape[1], width) for p in group], 1)     # (D, M, width)
             gram = X @ X.transpose(1, 2)
             eye = torch.eye(gram.shape[-1], device=gram.device, dtype=gram.dtype)
-            total = total + (gram - eye).square().sum()
+            total = total + (gram - eye).square().mean(dim=(1, 2)).sum()
         return total
 
     def parameter_breakdown(self):

@@ -8,7 +8,12 @@ Rehearsal-free Continual Learning", ECCV 2022).
   trains, every sample uses E-prompt ``t`` and the matching loss
   ``mean_b (1 - cos(q_b, k_t))`` pulls key ``t`` towards the queries. At test
   time each sample picks the E-prompt whose key is closest to its own frozen
-  query (per sample, never by batch vote).
+  query. ``selection="batch_vote"`` reproduces the reference port's CIFAR-100
+  test protocol instead: the E-prompt most samples of the test batch pick
+  serves all of them (a single-task test batch leaks its task that way; an
+  option for reproducing published numbers, never the default).
+* ``shared_prompt_pool=True`` (the reference protocol): the E-prompt and key of
+  a new experience start as copies of the previous experience's, not at random.
 
 Prefix-tuning: a prompt of length ``L`` holds ``L`` key tokens and ``L`` value
 tokens per layer, split into heads by :func:`~avalanche_convprompt.prompt_plan.split_heads`.
@@ -28,7 +33,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .prompt_plan import PromptPlan, cosine_scores, uniform_
+from .prompt_plan import PromptPlan, batch_vote, check_selection, cosine_scores, uniform_
 
 
 class DualPromptPool(nn.Module):
@@ -38,13 +43,18 @@ class DualPromptPool(nn.Module):
         embed_dim, num_heads: of the backbone.
         g_layers, e_layers: disjoint block indices.
         g_length, e_length: prefix lengths.
+        selection: test-time E-prompt choice, ``"per_sample"`` (default) or ``"batch_vote"``.
+        shared_prompt_pool: start each new E-prompt and key as copies of the previous ones.
     """
 
     needs_query = True
 
     def __init__(self, embed_dim: int, num_heads: int, g_layers: Sequence[int] = (0, 1),
-                 e_layers: Sequence[int] = (2, 3, 4), g_length: int = 5, e_length: int = 20):
+                 e_layers: Sequence[int] = (2, 3, 4), g_length: int = 5, e_length: int = 20,
+                 selection: str = "per_sample", shared_prompt_pool: bool = False):
         super().__init__()
+        self.selection = check_selection(selection)
+        self.shared_prompt_pool = bool(shared_prompt_pool)
         self.g_layers = tuple(int(i) for i in g_layers)
         self.e_layers = tuple(int(i) for i in e_layers)
         if set(self.g_layers) & set(self.e_layers):
@@ -74,13 +84,22 @@ class DualPromptPool(nn.Module):
         return self.num_tasks > 0
 
     def grow(self) -> None:
-        """Add the E-prompt and key of a new experience; freeze the earlier ones."""
+        """Add the E-prompt and key of a new experience; freeze the earlier ones.
+
+        They start at random, or (``shared_prompt_pool``) as copies of the
+        previous experience's.
+        """
         for p in [*self.e_prompts, *self.e_keys]:
             p.requires_grad_(False)
-        ref = self.e_keys[0] if len(self.e_keys) else (self.g_prompt if self.g_prompt is not None else None)
-        kw = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
-        self.e_prompts.append(nn.Parameter(uniform_((len(self.e_layers), 2, self.e_length, self.embed_dim), **kw)))
-        self.e_keys.append(nn.Parameter(uniform_((self.embed_dim,), **kw)))
+        if self.shared_prompt_pool and self.num_tasks:
+            prompt, key = self.e_prompts[-1].detach().clone(), self.e_keys[-1].detach().clone()
+        else:
+            ref = self.e_keys[0] if len(self.e_keys) else (self.g_prompt if self.g_prompt is not None else None)
+            kw = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
+            prompt = uniform_((len(self.e_layers), 2, self.e_length, self.embed_dim), **kw)
+            key = uniform_((self.embed_dim,), **kw)
+        self.e_prompts.append(nn.Parameter(prompt))
+        self.e_keys.append(nn.Parameter(key))
 
     def trainable_parameters(self):
         """The G-prompt and the newest E-prompt with its key."""
@@ -96,6 +115,8 @@ class DualPromptPool(nn.Module):
         scores = cosine_scores(query, keys)                           # (B, T)
         if task is None:
             selected = scores.argmax(dim=1)                           # (B,)
+            if self.selection == "batch_vote":
+                selected = batch_vote(selected.unsqueeze(1), self.num_tasks, 1).squeeze(1)
             matching = None
         else:
             if not 0 <= task < self.num_tasks:

@@ -75,6 +75,31 @@ class PromptPlan:
         return tuple(sorted(self.prefixes))
 
 
+#: How a query-based method picks prompts for a batch: each sample by its own query (honest),
+#: or by a vote over the batch (what some reference runs did; leaks the task of single-task test batches).
+SELECTIONS = ("per_sample", "batch_vote")
+
+
+def check_selection(selection: str) -> str:
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    return selection
+
+
+def batch_vote(selected: Tensor, num_prompts: int, k: int) -> Tensor:
+    """The ``k`` prompts chosen most often over the batch, in every sample's place.
+
+    ``selected`` is ``(B, n)`` per-sample choices among ``num_prompts``; returns
+    ``(B, k)``, the same row for every sample: prompt ids ordered by how many
+    samples chose them (ties: the lower id first). This is the reference ports'
+    batch-wise selection; it assumes every batch holds one task.
+    """
+    counts = torch.bincount(selected.reshape(-1), minlength=num_prompts)          # (num_prompts,)
+    # a stable descending sort keeps the lower id first among equal counts
+    winners = torch.sort(counts, descending=True, stable=True).indices[:k]
+    return winners.unsqueeze(0).expand(selected.shape[0], k)
+
+
 def uniform_(shape, device=None, dtype=None) -> Tensor:
     """Uniform(-1, 1) initialisation, as the prompt papers use for prompts and keys."""
     return torch.empty(shape, device=device, dtype=dtype).uniform_(-1.0, 1.0)

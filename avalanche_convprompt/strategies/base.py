@@ -10,8 +10,8 @@
   expansion plugin earlier);
 * re-creates Adam at every experience over the parameter groups the subclass
   names, with a cosine decay to 0 over the experience's iterations
-  (``torch.optim.lr_scheduler.CosineAnnealingLR``) or a constant rate, and
-  gradient clipping;
+  (``torch.optim.lr_scheduler.CosineAnnealingLR``), a constant rate, or
+  CODA-Prompt's per-epoch quarter cosine, and gradient clipping;
 * gives the backbone's LayerNorms ``norm_lr_scale x lr`` from the second
   experience on;
 * evaluates over all classes seen so far; labels of classes not trained yet
@@ -21,6 +21,7 @@ Subclasses provide :meth:`trainable_groups` and :meth:`training_loss`.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -29,7 +30,7 @@ from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import CosineAnnealingLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
 
 from ..heads import label_positions
 from ..model import PromptedClassifier
@@ -55,6 +56,16 @@ def build_prompted_classifier(backbone: Union[str, VisionTransformer], pretraine
                               head_norm=head_norm)
 
 
+LR_SCHEDULES = ("cosine", "constant", "epoch_quarter_cosine")
+
+
+def epoch_quarter_cosine(epoch: int, epochs: int) -> float:
+    """Factor on the rate in ``epoch`` (0-based) of ``epochs``: ``cos(pi/2 * 0.99 * epoch / (epochs - 1))``."""
+    if epochs <= 1:
+        return 1.0
+    return math.cos(math.pi / 2 * 0.99 * min(epoch, epochs - 1) / (epochs - 1))
+
+
 def unwrap(model: nn.Module) -> PromptedClassifier:
     """The :class:`PromptedClassifier` inside a DDP/DataParallel wrapper, or the model itself."""
     return getattr(model, "module", model)
@@ -73,7 +84,10 @@ class PromptedViTTemplate(SupervisedTemplate):
             second experience on.
         clip_grad_norm: max global gradient norm (``None`` disables clipping).
         freeze_old_heads: freeze a head when the next experience starts.
-        lr_schedule: ``"cosine"`` (decay to 0 over each experience) or ``"constant"``.
+        lr_schedule: ``"cosine"`` (per iteration, decay to 0 over each experience),
+            ``"constant"``, or ``"epoch_quarter_cosine"`` (CODA-Prompt's reference:
+            constant within an epoch, ``lr * cos(pi/2 * 0.99 * e / (E - 1))`` in
+            epoch ``e`` of ``E``, ending at about 1.6% of ``lr``, not 0).
         The remaining arguments are ``SupervisedTemplate``'s.
     """
 
@@ -88,8 +102,8 @@ class PromptedViTTemplate(SupervisedTemplate):
         self.lr = float(lr) if lr is not None else base_lr * train_mb_size / 256
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         self.lr_schedule = lr_schedule
         self.norm_lr_scale = norm_lr_scale
         self.clip_grad_norm = clip_grad_norm
@@ -191,11 +205,14 @@ class PromptedViTTemplate(SupervisedTemplate):
         self.model.zero_grad(set_to_none=True)
         groups = [g for g in self.trainable_groups() if g["params"]]
         self.optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=0.0)
-        steps = max(1, self.train_epochs * len(self.dataloader)) if self.dataloader else 1
+        per_epoch = max(1, len(self.dataloader)) if self.dataloader else 1
         if self.lr_schedule == "cosine":
-            self.scheduler = CosineAnnealingLR(self.optimizer, T_max=steps, eta_min=0.0)
+            self.scheduler = CosineAnnealingLR(self.optimizer, T_max=self.train_epochs * per_epoch, eta_min=0.0)
+        elif self.lr_schedule == "epoch_quarter_cosine":     # stepped per iteration, constant within an epoch
+            epochs = self.train_epochs
+            self.scheduler = LambdaLR(self.optimizer, lambda step: epoch_quarter_cosine(step // per_epoch, epochs))
         else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+            self.scheduler = LambdaLR(self.optimizer, lambda step: 1.0)
 
     def check_model_and_optimizer(self, reset_optimizer_state=False, **kwargs):
         self.model = self.model_adaptation()

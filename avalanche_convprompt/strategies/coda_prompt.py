@@ -8,7 +8,12 @@ keep contributing. Loss = cross-entropy over the current classes
 a cosine decay from ``0.001`` at batch 128 (``base_lr = 0.002`` per 256).
 
 Published defaults for ViT-B/16: 100 components over 10 tasks, length 8,
-blocks 0-4, 20 epochs on Split CIFAR-100.
+blocks 0-4, 20 epochs on Split CIFAR-100. The reference recipe also trains
+without gradient clipping and decays the rate per epoch
+(``lr_schedule="epoch_quarter_cosine"``, ``clip_grad_norm=None``); the defaults
+here keep the shared protocol's per-iteration cosine and clipping, and
+``avalanche_convprompt.methods.reference_recipe("coda", benchmark)`` gives the
+reference's.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ class CodaPrompt(QueryPromptTemplate):
         prompt_layers, components_per_task, prompt_length: the pool (paper: 0-4, 10, 8).
         orthogonality_penalty: weight of the orthogonality loss (paper: 0).
         lr: default ``base_lr * train_mb_size / 256`` with ``base_lr = 0.002``.
-        lr_schedule: ``"cosine"`` (paper) or ``"constant"``.
+        lr_schedule: ``"cosine"``, ``"epoch_quarter_cosine"`` (reference) or ``"constant"``.
         Others: as ``SupervisedTemplate``.
     """
 

@@ -30,20 +30,23 @@ class L2P(QueryPromptTemplate):
         matching_weight: weight of the surrogate key loss (paper: 0.1).
         lr: default ``base_lr * train_mb_size / 256`` with ``base_lr = 0.03``.
         lr_schedule: ``"constant"`` (paper) or ``"cosine"``.
+        selection: ``"per_sample"`` (default) or ``"batch_vote"``, the reference
+            port's protocol, which leaks the task of single-task test batches
+            (see :mod:`~avalanche_convprompt.l2p_pool`).
         Others: as ``SupervisedTemplate``.
     """
 
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                  pool_size: int = 10, prompt_length: int = 5, top_k: int = 5, matching_weight: float = 0.1,
                  lr: Optional[float] = None, base_lr: float = 0.03, lr_schedule: str = "constant",
-                 clip_grad_norm: Optional[float] = 1.0, normalize_inputs: bool = False,
+                 clip_grad_norm: Optional[float] = 1.0, normalize_inputs: bool = False, selection: str = "per_sample",
                  train_mb_size: int = 128, train_epochs: int = 5, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
         super().__init__(
             backbone=backbone, pretrained=pretrained, normalize_inputs=normalize_inputs,
             make_prompt_module=lambda vit: L2PPromptPool(vit.embed_dim, vit.num_heads, pool_size, prompt_length,
-                                                         top_k),
+                                                         top_k, selection=selection),
             matching_weight=matching_weight, lr=lr, base_lr=base_lr,
             lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
             train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
