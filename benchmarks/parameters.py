@@ -47,7 +47,7 @@ def grow(strategy, method: str, tasks: int, classes_per_task: int, generators_pe
 def grown_model(method: str, vit: VisionTransformer, tasks: int, classes_per_task: int,
                 generators_per_task: int = 5):
     """The method's network after ``tasks`` experiences of growth (paper settings)."""
-    strategy = build_strategy(method, "paper", backbone=vit, device="cpu", evaluator=None)
+    strategy = build_strategy(method, "shared", backbone=vit, device="cpu", evaluator=None)
     return grow(strategy, method, tasks, classes_per_task, generators_per_task)
 
 

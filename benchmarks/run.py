@@ -4,11 +4,32 @@ Offline default (no download; the shipped small ViT on the SynthShapes stream):
 
     python -m benchmarks.run --seeds 0 1 2
 
-The paper's benchmarks (need the data under --data-root and, realistically, a GPU):
+The paper's benchmarks (need the data under --data-root and, realistically, a GPU).
+Every method with its own reference recipe (the command that reproduces the
+published table):
 
-    python -m benchmarks.run --benchmark split_cifar100 --data-root ~/data \\
-        --backbone vit_base_patch16_224.augreg_in21k --seeds 0 1 2 --device cuda \\
-        --strategy convprompt l2p dualprompt coda finetune joint
+    python -m benchmarks.run --protocol reference --benchmark split_cifar100 --data-root ~/data \
+        --seeds 0 1 2 --device cuda
+
+or one schedule for every method (``--protocol shared``, the default on real
+benchmarks; ConvPrompt's backbone, epochs and batch for all):
+
+    python -m benchmarks.run --benchmark split_cifar100 --data-root ~/data --seeds 0 1 2 --device cuda
+
+Protocols (see :mod:`avalanche_convprompt.methods`):
+
+* ``offline`` (default on ``synthetic``): the shipped backbone, one rate and
+  schedule for every method;
+* ``shared``: the benchmark's epochs and batch and ConvPrompt's backbone for
+  every method, each method's own prompt sizes and default rate;
+* ``reference``: each method's reference recipe for the benchmark (epochs,
+  batch, rate, schedule, clipping, prompt sizes, backbone). ``--epochs``,
+  ``--batch``, ``--lr`` and ``--backbone``, when given, override it for every
+  method (the record lists the overrides).
+
+L2P and DualPrompt select prompts per sample unless ``--selection batch_vote``
+(or ``as_published``: the batch vote where the published run used it), which
+leaks the task identity of single-task test batches; see the README.
 
 Every run checkpoints itself after each evaluated experience under
 ``OUTPUT/checkpoints/<method>_seed<seed>/`` (removed once the run is complete).
@@ -25,15 +46,10 @@ rank 0 writes records, logs, checkpoints and the report:
         --data-root ~/data --device cuda --seeds 0 1 2
 
 Every run writes ``OUTPUT/runs/<method>_seed<seed>.json`` (see
-:mod:`benchmarks.report` for the record); at the end ``results.md``,
-``results.csv``, ``accuracy_curves.png`` and ``accuracy_matrices.png`` are
-rendered from all records in ``OUTPUT/runs``. Per run, Avalanche's text log goes
-to ``OUTPUT/logs/``.
-
-One protocol for every method: same stream and class order per seed, same
-backbone, epochs and batch size, evaluation on the seen classes after every
-experience. Learning rates: ``--lr`` for all methods when given (the offline
-default), otherwise each strategy's published default.
+:mod:`benchmarks.report` for the record; ``config.recipe`` holds every setting
+the strategy trained with); at the end ``results.md``, ``results.csv``,
+``accuracy_curves.png`` and ``accuracy_matrices.png`` are rendered from all
+records in ``OUTPUT/runs``. Per run, Avalanche's text log goes to ``OUTPUT/logs/``.
 """
 from __future__ import annotations
 
@@ -43,7 +59,7 @@ import platform
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -54,40 +70,51 @@ from avalanche_convprompt.determinism import enable_deterministic_algorithms, se
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.experiment import run_stream
 from avalanche_convprompt.files import ensure_writable_dir, write_json
-from avalanche_convprompt.methods import METHODS, build_strategy, get_method
+from avalanche_convprompt.methods import (CONVPROMPT_BACKBONE, METHODS, PROTOCOLS, build_strategy, get_method,
+                                          reference_recipe, resolved_recipe)
 from avalanche_convprompt.streams import STREAM_NAMES, make_stream
 
 from .report import load_runs, markdown_table, aggregate, write_report
 
 DEFAULT_METHODS = ["finetune", "l2p", "dualprompt", "coda", "convprompt", "joint"]
-# epochs / batch / lr per benchmark. Offline: the quickstart's settings. Paper: ConvPrompt's published
-# configuration, applied to every method (one protocol); lr None = each method's published rate.
-PROTOCOLS = {
+# epochs / batch / lr per benchmark under the offline and shared protocols (lr None: each method's default rate).
+# Offline: the quickstart's settings. Shared: ConvPrompt's published schedule, applied to every method.
+SCHEDULES = {
     "synthetic": dict(epochs=5, batch=32, lr=0.003, experiences=5),
     "split_cifar100": dict(epochs=10, batch=128, lr=None, experiences=10),
     "split_imagenet_r": dict(epochs=10, batch=128, lr=None, experiences=10),
     "split_cub200": dict(epochs=60, batch=24, lr=None, experiences=10),
 }
+SELECTIONS = ("per_sample", "batch_vote", "as_published")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--strategy", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
-                   help="methods to run, in this order")
+    p.add_argument("--strategy", "--methods", dest="strategy", nargs="+", default=DEFAULT_METHODS,
+                   choices=list(METHODS), help="methods to run, in this order")
     p.add_argument("--benchmark", default="synthetic", choices=list(STREAM_NAMES))
+    p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
+                   help="default: offline on synthetic or with the offline backbone, shared otherwise")
     p.add_argument("--data-root", default=None, help="folder holding the real dataset")
     p.add_argument("--backbone", default=None,
                    help="'offline' (shipped small ViT) or a timm ViT name; default: offline for synthetic, "
-                        "vit_base_patch16_224.augreg_in21k otherwise")
+                        f"{CONVPROMPT_BACKBONE} (shared) or each method's own (reference)")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights (debugging only)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--experiences", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="one rate for every method (default: per protocol)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
+    p.add_argument("--batch", type=int, default=None, help="default: the protocol's")
+    p.add_argument("--lr", type=float, default=None, help="one rate for every method (default: the protocol's)")
     p.add_argument("--allocation", default="language", choices=["language", "fixed"],
                    help="ConvPrompt's generators per experience: descriptor similarity (paper) or always 5")
+    p.add_argument("--average-over", default="previous", choices=["previous", "current"],
+                   help="ConvPrompt's similarity: mean over the earlier descriptors (reference) or the current ones")
+    p.add_argument("--train-keys", action="store_true",
+                   help="ConvPrompt: train the generator keys (the reference run keeps them fixed)")
+    p.add_argument("--selection", default="per_sample", choices=SELECTIONS,
+                   help="L2P/DualPrompt test-time prompt choice; batch_vote leaks the task of single-task batches; "
+                        "as_published: the batch vote where the published run used it (reference protocol)")
     p.add_argument("--train-per-class", type=int, default=120, help="synthetic stream only")
     p.add_argument("--test-per-class", type=int, default=50, help="synthetic stream only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -100,18 +127,49 @@ def parse_args(argv=None):
                    help="deterministic GPU kernels (slower; CPU runs are deterministic anyway)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished runs")
     args = p.parse_args(argv)
-    protocol = PROTOCOLS[args.benchmark]
-    for key in ("epochs", "batch", "experiences"):
-        if getattr(args, key) is None:
-            setattr(args, key, protocol[key])
-    if args.lr is None:
-        args.lr = protocol["lr"]
-    if args.backbone is None:
-        args.backbone = OFFLINE if args.benchmark == "synthetic" else "vit_base_patch16_224.augreg_in21k"
+    if args.protocol is None:
+        args.protocol = "offline" if args.benchmark == "synthetic" or args.backbone == OFFLINE else "shared"
+    if args.experiences is None:
+        args.experiences = SCHEDULES[args.benchmark]["experiences"]
     args.output = args.output or os.path.join("results", f"benchmark_{args.benchmark}")
     if args.benchmark != "synthetic" and not args.data_root:
         p.error(f"--benchmark {args.benchmark} needs --data-root (the folder holding the dataset)")
+    if args.protocol == "reference":
+        try:
+            for method in args.strategy:                  # every recipe exists, or stop before any run
+                reference_recipe(method, args.benchmark)
+        except ValueError as err:
+            p.error(str(err))
+    elif args.selection == "as_published":
+        p.error("--selection as_published needs --protocol reference (the published runs' protocols are known there)")
     return args
+
+
+def strategy_settings(method: str, args) -> Tuple[Dict, Dict]:
+    """``(kwargs, overrides)``: the strategy's keyword arguments under ``args.protocol``, command line included.
+
+    ``kwargs`` holds ``backbone`` (a name), ``train_epochs``, ``train_mb_size``
+    and either ``lr`` (``None``: the method's default) or ``base_lr``;
+    ``overrides`` the values the command line set on top of the protocol.
+    """
+    if args.protocol == "reference":
+        recipe = reference_recipe(method, args.benchmark)
+        kwargs = dict(recipe.kwargs)
+    else:
+        schedule = SCHEDULES[args.benchmark]
+        kwargs = dict(get_method(method).kwargs(args.protocol),
+                      backbone=OFFLINE if args.protocol == "offline" else CONVPROMPT_BACKBONE,
+                      train_epochs=schedule["epochs"], train_mb_size=schedule["batch"], lr=schedule["lr"])
+    overrides = {key: getattr(args, arg) for key, arg in (("backbone", "backbone"), ("train_epochs", "epochs"),
+                                                          ("train_mb_size", "batch"), ("lr", "lr"))
+                 if getattr(args, arg) is not None}
+    if method in ("l2p", "dualprompt") and args.selection != "per_sample":
+        overrides["selection"] = args.selection if args.selection == "batch_vote" else \
+            (reference_recipe(method, args.benchmark).published_selection or "per_sample")
+    if method == "convprompt" and args.train_keys:
+        overrides["train_keys"] = True
+    kwargs.update(overrides)
+    return kwargs, overrides
 
 
 def make_allocation(args, stream):
@@ -123,7 +181,7 @@ def make_allocation(args, stream):
     from avalanche_convprompt.language_allocation import LanguageModelAllocation, class_descriptors
     keys = stream.class_keys or stream.class_names
     descriptors = class_descriptors(keys, load_descriptors(stream.descriptor_set), "error", stream.class_names)
-    return LanguageModelAllocation(descriptors, max_generators=5)
+    return LanguageModelAllocation(descriptors, max_generators=5, average_over=args.average_over)
 
 
 def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
@@ -131,23 +189,26 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
     from avalanche.logging import TextLogger
 
     seed_everything(seed)
-    protocol = OFFLINE if args.backbone == OFFLINE else "paper"
+    kwargs, overrides = strategy_settings(method, args)
+    backbone_name = kwargs.pop("backbone")
+    batch = kwargs.pop("train_mb_size")
     world, main_process = dist.world_size(), dist.is_main_process()
     log_path = os.path.join(out, "logs", f"{method}_seed{seed}.txt") if main_process else os.devnull
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     with open(log_path, "w") as log:
         strategy = build_strategy(
-            method, protocol, allocation=make_allocation(args, stream) if method == "convprompt" else None,
-            backbone=make_backbone(args.backbone, pretrained=not args.no_pretrained), lr=args.lr, train_mb_size=args.batch // world, train_epochs=args.epochs,
-            eval_mb_size=max(args.batch // world, 128), device=args.device,
-            evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []))
+            method, args.protocol, allocation=make_allocation(args, stream) if method == "convprompt" else None,
+            backbone=make_backbone(backbone_name, pretrained=not args.no_pretrained), train_mb_size=batch // world,
+            eval_mb_size=max(batch // world, 128), device=args.device,
+            evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []), **kwargs)
         if dist.is_distributed():
-            if args.lr is None:            # the default rate scales with the batch: the global one, not a slice
+            if kwargs.get("lr") is None:   # the default rate scales with the batch: the global one, not a slice
                 strategy.lr *= world
             dist.distribute(strategy, seed=seed)
         checkpoints = os.path.join(out, "checkpoints", f"{method}_seed{seed}")
         summary = run_stream(strategy, stream.benchmark, f"{method} seed {seed}", progress=not args.no_progress,
                              num_workers=args.workers, checkpoint_dir=checkpoints, resume=args.resume)
+    recipe = {"backbone": backbone_name, **resolved_recipe(strategy), "train_mb_size": batch}
     record = {
         "method": method, "label": get_method(method).label, "benchmark": stream.name, "seed": seed,
         "accuracy_matrix": summary.accuracy_matrix, "average_accuracy": summary.average_accuracy,
@@ -158,12 +219,13 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
         "wall_seconds": summary.extra["wall_seconds"],
         "avalanche_stream_forgetting": summary.avalanche_stream_forgetting,
         "allocation": summary.extra.get("allocation"),
-        "config": {"protocol": protocol, "backbone": args.backbone, "pretrained": not args.no_pretrained,
-                   "epochs": args.epochs, "batch": args.batch, "lr": strategy.lr,
-                   "method_kwargs": {k: list(v) if isinstance(v, tuple) else v
-                                     for k, v in get_method(method).kwargs(protocol).items()},
+        "config": {"protocol": args.protocol, "backbone": backbone_name, "pretrained": not args.no_pretrained,
+                   "epochs": strategy.train_epochs, "batch": batch, "lr": strategy.lr,
+                   "recipe": recipe, "overrides": {k: v for k, v in overrides.items()},
+                   "recipe_source": reference_recipe(method, args.benchmark).source
+                   if args.protocol == "reference" else f"{args.protocol} protocol of this project",
                    "experiences": len(stream.benchmark.train_stream), "device": args.device,
-                   "processes": world, "per_process_batch": args.batch // world,
+                   "processes": world, "per_process_batch": batch // world,
                    "classes_per_experience": [sorted(int(c) for c in e.classes_in_this_experience)
                                               for e in stream.benchmark.train_stream],
                    "torch": torch.__version__, "python": platform.python_version(),
@@ -188,7 +250,6 @@ def main(argv=None) -> Dict[str, str]:
     args.no_progress = args.no_progress or not dist.is_main_process()
     out = ensure_writable_dir(args.output)
     ensure_writable_dir(os.path.join(out, "runs"))
-    img_size = backbone_image_size(args.backbone)
     started = time.time()
     jobs = [(seed, method) for seed in args.seeds for method in args.strategy]
     overall = tqdm(jobs, desc="runs", unit="run", disable=args.no_progress, position=0)
@@ -198,6 +259,7 @@ def main(argv=None) -> Dict[str, str]:
             continue                        # finished before the interruption
         extra = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class) \
             if args.benchmark == "synthetic" else {}
+        img_size = backbone_image_size(strategy_settings(method, args)[0]["backbone"])
         stream = make_stream(args.benchmark, data_root=args.data_root, n_experiences=args.experiences, seed=seed,
                              img_size=img_size, **extra)
         record = run_one(method, seed, args, stream, out)

@@ -173,7 +173,7 @@ def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device):
 
     torch.manual_seed(0)
     vit = resolve_backbone(backbone, pretrained=False)
-    strategy = build_strategy(method, "paper", backbone=vit, device=str(device), evaluator=None)
+    strategy = build_strategy(method, "shared", backbone=vit, device=str(device), evaluator=None)
     net = grow(strategy, method, tasks, 10).to(device)       # joint: one head over all tasks' classes
     groups = [g for g in strategy.trainable_groups() if g["params"]]
     params = [p for g in groups for p in g["params"]]
