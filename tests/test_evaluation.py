@@ -1,6 +1,7 @@
 """The reported numbers: definitions on hand-made matrices, and a real Avalanche run."""
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -189,3 +190,31 @@ def test_unwritable_results_folder_fails_early(tmp_path):
     blocker.write_text("not a folder")           # fails for root too, unlike permission bits
     with pytest.raises(OSError, match="cannot be written"):
         ensure_writable_dir(str(blocker / "results"))
+
+
+class SlowFirstStep(SupervisedPlugin):
+    """Stands in for the one-time costs of a process's first training step (lazy init, kernel selection)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds, self.done = seconds, False
+
+    def before_training_iteration(self, strategy, **kwargs):
+        if not self.done:
+            self.done = True
+            time.sleep(self.seconds)
+
+
+def test_run_stream_does_not_charge_the_first_step_to_the_method():
+    train, test = blob_datasets([0, 1, 2, 3], train_per_class=32)
+    bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2, class_order=[0, 1, 2, 3])
+    strategy = ConvPrompt(backbone=tiny_vit(), prompt_layers=(0, 1), prompt_length=4, kernel_size=3, train_mb_size=16,
+                          train_epochs=1, device="cpu", evaluator=default_cl_evaluator(loggers=[]),
+                          plugins=[SlowFirstStep(1.5)])
+    summary = run_stream(strategy, bm, progress=False)
+    extra = summary.extra
+    assert extra["untimed_warm_up_seconds"] >= 1.5                     # the first step, set aside...
+    assert extra["train_seconds"] < extra["wall_seconds"] - 1.5         # ...and not in the method's train time
+    images = 1 * (64 + 64) - 16                                        # every training image but the first batch
+    assert images / extra["train_images_per_second"] == pytest.approx(extra["train_seconds"], abs=0.006)
+    assert not any(type(p).__name__ == "FirstIterationTimer" for p in strategy.plugins)   # removed afterwards
