@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+import torch
+from avalanche.core import SupervisedPlugin
 from tqdm import tqdm
 
 from .evaluation import RunSummary, summarize_run
@@ -16,8 +18,10 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
 
     After experience ``t`` it evaluates on ``test_stream[:t+1]`` (the classes seen
     so far), which fills row ``t`` of Avalanche's accuracy matrix and feeds its
-    forgetting metrics. Returns the :class:`RunSummary`, with wall time and the
-    prompt-allocation history (when the strategy has one) in ``extra``.
+    forgetting metrics. Returns the :class:`RunSummary`, with wall time, train
+    time and images/s (the run's first training iteration left out, see
+    :class:`FirstIterationTimer`) and the prompt-allocation history (when the
+    strategy has one) in ``extra``.
 
     With ``checkpoint_dir`` a checkpoint is written after each evaluated
     experience (see :mod:`~avalanche_convprompt.checkpoint`); with ``resume``
@@ -34,40 +38,80 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
     progress = progress and is_main_process()      # one progress bar, not one per process
     started = time.perf_counter()
     experiences = list(benchmark.train_stream)
-    train_images = strategy.train_epochs * sum(len(e.dataset) for e in experiences)
-    if getattr(strategy, "is_joint", False):
-        t0 = time.perf_counter()
-        strategy.train(experiences, eval_streams=[], num_workers=num_workers)
-        train_seconds = time.perf_counter() - t0
-        strategy.eval(benchmark.test_stream, num_workers=num_workers)
-    else:
-        train_seconds, start, checkpoints = _prepare_checkpoints(strategy, checkpoint_dir, resume, keep_checkpoints)
-        timing = {"train_seconds": train_seconds}
-        if checkpoints is not None:
-            checkpoints.extra = lambda: dict(timing)
-        bar = tqdm(range(start, len(experiences)), desc=method, unit="exp", disable=not progress,
-                   initial=start, total=len(experiences))
-        for t in bar:
-            t0 = time.perf_counter()
-            strategy.train(experiences[t], eval_streams=[], num_workers=num_workers)
-            timing["train_seconds"] += time.perf_counter() - t0
-            metrics = strategy.eval(benchmark.test_stream[: t + 1], num_workers=num_workers)
+    timer = FirstIterationTimer()
+    strategy.plugins.append(timer)
+    try:
+        if getattr(strategy, "is_joint", False):
+            train_seconds = timer.timed(strategy.train, experiences, eval_streams=[], num_workers=num_workers)
+            strategy.eval(benchmark.test_stream, num_workers=num_workers)
+        else:
+            train_seconds, start, checkpoints = _prepare_checkpoints(strategy, checkpoint_dir, resume,
+                                                                     keep_checkpoints)
+            timing = {"train_seconds": train_seconds}
             if checkpoints is not None:
-                checkpoints.flush(strategy)
-            accuracy = metrics.get("Top1_Acc_Stream/eval_phase/test_stream/Task000")
-            if accuracy is not None:
-                bar.set_postfix(seen_acc=f"{100 * accuracy:.1f}%")
-        train_seconds = timing["train_seconds"]
+                checkpoints.extra = lambda: dict(timing)
+            bar = tqdm(range(start, len(experiences)), desc=method, unit="exp", disable=not progress,
+                       initial=start, total=len(experiences))
+            for t in bar:
+                timing["train_seconds"] += timer.timed(strategy.train, experiences[t], eval_streams=[],
+                                                       num_workers=num_workers)
+                metrics = strategy.eval(benchmark.test_stream[: t + 1], num_workers=num_workers)
+                if checkpoints is not None:
+                    checkpoints.flush(strategy)
+                accuracy = metrics.get("Top1_Acc_Stream/eval_phase/test_stream/Task000")
+                if accuracy is not None:
+                    bar.set_postfix(seen_acc=f"{100 * accuracy:.1f}%")
+            train_seconds = timing["train_seconds"]
+    finally:
+        strategy.plugins.remove(timer)
+    train_images = strategy.train_epochs * sum(len(e.dataset) for e in experiences) - timer.untimed_images
     summary = summarize_run(strategy, method)
     summary.extra["wall_seconds"] = round(time.perf_counter() - started, 2)
     summary.extra["train_seconds"] = round(train_seconds, 2)
     summary.extra["train_images_per_second"] = round(train_images / max(train_seconds, 1e-9), 2)
+    summary.extra["untimed_warm_up_seconds"] = round(timer.untimed_seconds, 2)
     expansion = getattr(strategy, "expansion", None)
     if expansion is not None:
         summary.extra["allocation"] = [
             {"experience": a.experience, "generators": a.generators, "classes": a.classes, **a.info}
             for a in expansion.history]
     return summary
+
+
+class FirstIterationTimer(SupervisedPlugin, supports_distributed=True):
+    """Times training calls, leaving out the first iteration of the run.
+
+    The first training step in a process pays one-time costs (lazy
+    initialisation, kernel selection, allocator growth) that belong to no
+    method: charged to whichever method runs first, they would distort its
+    train time and images/s. :meth:`timed` returns a call's seconds; for the
+    call holding the run's first iteration, only from the end of that
+    iteration on. Its images and seconds are kept in ``untimed_images`` and
+    ``untimed_seconds``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.first_iteration_end: Optional[float] = None
+        self.untimed_images = 0
+        self.untimed_seconds = 0.0
+
+    def after_training_iteration(self, strategy, **kwargs):
+        if self.first_iteration_end is None:
+            self.first_iteration_end = time.perf_counter()
+            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            self.untimed_images = len(strategy.mb_x) * world         # the global batch
+
+    def timed(self, train, *args, **kwargs) -> float:
+        """Seconds of ``train(*args, **kwargs)``, less the run's first iteration if it happens inside."""
+        had_first = self.first_iteration_end is not None
+        t0 = time.perf_counter()
+        train(*args, **kwargs)
+        end = time.perf_counter()
+        if had_first or self.first_iteration_end is None:
+            return end - t0
+        self.untimed_seconds = self.first_iteration_end - t0
+        return end - self.first_iteration_end
 
 
 def _prepare_checkpoints(strategy, directory: Optional[str], resume: bool, keep: int):
