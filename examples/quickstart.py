@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--allocation", default="language", choices=["language", "class_names", "fixed"],
                    help="generators per experience: descriptor similarity (paper), class-name similarity "
                         "(ablation), or always --generators")
+    p.add_argument("--average-over", default="previous", choices=["previous", "current"],
+                   help="similarity: mean over the earlier descriptors (reference) or over the current ones")
+    p.add_argument("--train-keys", action="store_true", help="train the generator keys (the reference keeps them)")
     p.add_argument("--descriptors", default=None, help="descriptor JSON or shipped set (default: the stream's)")
     p.add_argument("--missing-descriptors", default="error", choices=["error", "class_name"])
     p.add_argument("--encoder", default=None, help="sentence-transformers model name or path "
@@ -107,14 +110,15 @@ def make_allocation(args, stream):
     from avalanche_convprompt.language_allocation import LanguageModelAllocation, class_descriptors
     if args.allocation == "class_names":
         return LanguageModelAllocation.from_class_names(stream.class_names, max_generators=args.generators,
-                                                        encoder=args.encoder)
+                                                        encoder=args.encoder, average_over=args.average_over)
     from avalanche_convprompt.descriptors import load_descriptors
     source = args.descriptors or stream.descriptor_set
     if source is None:
         raise SystemExit(f"stream {stream.name} has no shipped descriptors: pass --descriptors FILE")
     keys = stream.class_keys or stream.class_names
     descriptors = class_descriptors(keys, load_descriptors(source), args.missing_descriptors, stream.class_names)
-    return LanguageModelAllocation(descriptors, max_generators=args.generators, encoder=args.encoder)
+    return LanguageModelAllocation(descriptors, max_generators=args.generators, encoder=args.encoder,
+                                   average_over=args.average_over)
 
 
 def make_strategy(method: str, args, log_file, stream):
@@ -124,7 +128,8 @@ def make_strategy(method: str, args, log_file, stream):
                   evaluator=default_cl_evaluator(loggers=[TextLogger(log_file)]))
     if method == "convprompt":
         return ConvPrompt(prompt_layers=args.prompt_layers, prompt_length=args.prompt_length,
-                          kernel_size=args.kernel_size, allocation=make_allocation(args, stream), **common)
+                          kernel_size=args.kernel_size, allocation=make_allocation(args, stream),
+                          train_keys=args.train_keys, **common)
     return SequentialFineTuning(**common)
 
 

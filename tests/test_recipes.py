@@ -277,3 +277,13 @@ def test_runner_protocol_choices_and_errors(capsys):
     assert kwargs == {"backbone": CONVPROMPT_BACKBONE, "train_epochs": 10, "train_mb_size": 128, "lr": None}
     keys = run.parse_args(["--train-keys"])
     assert run.strategy_settings("convprompt", keys)[1] == {"train_keys": True}
+
+
+def test_recipe_table_has_a_row_per_recipe_with_the_resolved_rate():
+    from benchmarks.recipes import recipe_table
+    table = recipe_table().splitlines()
+    assert len(table) == 2 + sum(len(r) for r in REFERENCE_RECIPES.values())
+    dual_cifar = next(line for line in table if line.startswith("| DualPrompt | CIFAR-100 |"))
+    assert "0.03 x batch/256 = 0.015" in dual_cifar and "e_length 5" in dual_cifar and "batch_vote" in dual_cifar
+    coda = next(line for line in table if line.startswith("| CODA-Prompt | ImageNet-R |"))
+    assert "| 50 | 128 |" in coda and "epoch_quarter_cosine | none |" in coda
