@@ -184,12 +184,15 @@ def make_allocation(args, stream):
     return LanguageModelAllocation(descriptors, max_generators=5, average_over=args.average_over)
 
 
-def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
-    """Train and evaluate one method with one seed; returns the run record (also written to disk)."""
+def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict, Dict]) -> Dict:
+    """Train and evaluate one method with one seed; returns the run record (also written to disk).
+
+    ``settings`` is :func:`strategy_settings`'s ``(kwargs, overrides)`` for ``method``.
+    """
     from avalanche.logging import TextLogger
 
     seed_everything(seed)
-    kwargs, overrides = strategy_settings(method, args)
+    kwargs, overrides = dict(settings[0]), settings[1]
     backbone_name = kwargs.pop("backbone")
     batch = kwargs.pop("train_mb_size")
     world, main_process = dist.world_size(), dist.is_main_process()
@@ -221,7 +224,7 @@ def run_one(method: str, seed: int, args, stream, out: str) -> Dict:
         "allocation": summary.extra.get("allocation"),
         "config": {"protocol": args.protocol, "backbone": backbone_name, "pretrained": not args.no_pretrained,
                    "epochs": strategy.train_epochs, "batch": batch, "lr": strategy.lr,
-                   "recipe": recipe, "overrides": {k: v for k, v in overrides.items()},
+                   "recipe": recipe, "overrides": dict(overrides),
                    "recipe_source": reference_recipe(method, args.benchmark).source
                    if args.protocol == "reference" else f"{args.protocol} protocol of this project",
                    "experiences": len(stream.benchmark.train_stream), "device": args.device,
@@ -259,10 +262,11 @@ def main(argv=None) -> Dict[str, str]:
             continue                        # finished before the interruption
         extra = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class) \
             if args.benchmark == "synthetic" else {}
-        img_size = backbone_image_size(strategy_settings(method, args)[0]["backbone"])
+        settings = strategy_settings(method, args)
+        img_size = backbone_image_size(settings[0]["backbone"])
         stream = make_stream(args.benchmark, data_root=args.data_root, n_experiences=args.experiences, seed=seed,
                              img_size=img_size, **extra)
-        record = run_one(method, seed, args, stream, out)
+        record = run_one(method, seed, args, stream, out, settings)
         forgetting = record["average_forgetting"]
         if dist.is_main_process():
             tqdm.write(f"{record['label']} seed {seed}: accuracy {record['average_accuracy']:.2f}%"
