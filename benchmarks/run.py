@@ -70,6 +70,7 @@ from avalanche_convprompt.determinism import enable_deterministic_algorithms, se
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.experiment import run_stream
 from avalanche_convprompt.files import ensure_writable_dir, write_json
+from avalanche_convprompt.prompt_plan import SELECTIONS as PROMPT_SELECTIONS
 from avalanche_convprompt.methods import (CONVPROMPT_BACKBONE, METHODS, PROTOCOLS, build_strategy, get_method,
                                           reference_recipe, resolved_recipe)
 from avalanche_convprompt.streams import STREAM_NAMES, make_stream
@@ -85,7 +86,7 @@ SCHEDULES = {
     "split_imagenet_r": dict(epochs=10, batch=128, lr=None, experiences=10),
     "split_cub200": dict(epochs=60, batch=24, lr=None, experiences=10),
 }
-SELECTIONS = ("per_sample", "batch_vote", "as_published")
+SELECTIONS = (*PROMPT_SELECTIONS, "as_published")     # as_published: what the published run used
 
 
 def parse_args(argv=None):
