@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
-from .strategies import CodaPrompt, ConvPrompt, DualPrompt, JointTraining, L2P, SequentialFineTuning
+from .strategies import CodaPrompt, ConvPrompt, DualPrompt, JointTraining, L2P, SequentialFineTuning, unwrap
 
 PROTOCOLS = ("offline", "shared", "reference")
 
@@ -187,7 +187,7 @@ def resolved_recipe(strategy) -> Dict:
         return list(v) if isinstance(v, tuple) else v
 
     recipe = {k: plain(getattr(strategy, k)) for k in _STRATEGY_SETTINGS if hasattr(strategy, k)}
-    net = getattr(strategy.model, "module", strategy.model)
+    net = unwrap(strategy.model)
     module = net.prompt_module
     recipe["prompt_module"] = None if module is None else type(module).__name__
     for k in _MODULE_SETTINGS:
@@ -198,9 +198,9 @@ def resolved_recipe(strategy) -> Dict:
     expansion = getattr(strategy, "expansion", None)
     if expansion is not None:
         policy = expansion.policy
+        settings = ("max_generators", "generators_per_experience", "average_over")
         recipe["allocation"] = {"policy": type(policy).__name__,
-                                **{k: getattr(policy, k) for k in ("max_generators", "generators_per_experience", "average_over")
-                                   if hasattr(policy, k)}}
+                                **{k: getattr(policy, k) for k in settings if hasattr(policy, k)}}
         encoder = getattr(policy, "encoder", None)
         if encoder is not None:
             recipe["allocation"]["encoder"] = encoder.name
