@@ -8,7 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["avalanche_convprompt", "avalanche_convprompt.*"]),
-    package_data={"avalanche_convprompt": ["assets/*.pt", "assets/*.json", "descriptors/data/*.json"]},
+    package_data={"avalanche_convprompt": ["data/assets/*.pt", "data/assets/*.json",
+                                          "language/descriptors/data/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",

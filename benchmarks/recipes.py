@@ -2,23 +2,17 @@
 
     python -m benchmarks.recipes            # the table the README shows
 
-Read from :data:`avalanche_convprompt.methods.REFERENCE_RECIPES`, the same
-settings ``python -m benchmarks.run --protocol reference`` trains with.
+Read from the registered methods' reference recipes (:attr:`Method.reference`),
+the same settings ``python -m benchmarks.run --protocol reference`` trains with;
+each method's :attr:`Method.prompt_settings` name the prompt sizes shown.
 """
 from __future__ import annotations
 
 from typing import List
 
-from avalanche_convprompt.methods import REFERENCE_RECIPES, label
+from avalanche_convprompt.methods import METHODS
 
 BENCHMARK_NAMES = {"split_cifar100": "CIFAR-100", "split_imagenet_r": "ImageNet-R", "split_cub200": "CUB-200"}
-# what each method's prompt settings are called, in the order the table shows them
-PROMPT_SETTINGS = {
-    "convprompt": ("prompt_layers", "prompt_length", "kernel_size", "train_keys"),
-    "l2p": ("pool_size", "prompt_length", "top_k"),
-    "dualprompt": ("g_length", "e_length", "shared_prompt_pool"),
-    "coda": ("components_per_task", "prompt_length", "orthogonality_penalty"),
-}
 
 
 def _value(v) -> str:
@@ -29,13 +23,13 @@ def _value(v) -> str:
 
 def recipe_rows() -> List[List[str]]:
     rows = []
-    for method, recipes in REFERENCE_RECIPES.items():
-        for benchmark, recipe in recipes.items():
+    for method in METHODS.values():
+        for benchmark, recipe in method.reference.items():
             k = recipe.kwargs
             lr = k["base_lr"] * k["train_mb_size"] / 256
-            prompts = ", ".join(f"{name} {_value(k[name])}" for name in PROMPT_SETTINGS.get(method, ()))
+            prompts = ", ".join(f"{name} {_value(k[name])}" for name in method.prompt_settings)
             rows.append([
-                label(method), BENCHMARK_NAMES.get(benchmark, benchmark), f"`{k['backbone']}`",
+                method.label, BENCHMARK_NAMES.get(benchmark, benchmark), f"`{k['backbone']}`",
                 str(k["train_epochs"]), str(k["train_mb_size"]),
                 f"{k['base_lr']:g} x batch/256 = {lr:.4g}", k["lr_schedule"],
                 "none" if k["clip_grad_norm"] is None else f"{k['clip_grad_norm']:g}",

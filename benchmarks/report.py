@@ -32,8 +32,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from avalanche_convprompt.files import atomic_path, ensure_writable_dir
-from avalanche_convprompt.plotting import _save, plt, seen_class_accuracy_curve
+from avalanche_convprompt.evaluation.plots import _save, plt, seen_class_accuracy_curve
+from avalanche_convprompt.methods import METHODS
+from avalanche_convprompt.runs.files import atomic_path, ensure_writable_dir
 
 # Every published number names its own source and test protocol: the baselines' numbers do not all come
 # from one paper, and L2P's and DualPrompt's CIFAR-100 numbers were measured with a batch vote at test time
@@ -105,11 +106,11 @@ PUBLISHED: Dict[str, Dict[str, Published]] = {
     },
 }
 
-# Methods whose records carry ``config.recipe.selection``; a record from before that field counts as per-sample.
-_SELECTING_METHODS = ("l2p", "dualprompt")
 
-# Table order: lower bound, the prompt methods in publication order, upper bound; others after.
-METHOD_ORDER = ("finetune", "l2p", "dualprompt", "coda", "convprompt", "joint")
+def _selects_prompts(method: str) -> bool:
+    """Records of such methods carry ``config.recipe.selection``; one from before that field was per-sample."""
+    registered = METHODS.get(method)
+    return registered is not None and "selection" in registered.accepts
 
 REQUIRED_FIELDS = ("method", "benchmark", "seed", "accuracy_matrix", "average_accuracy",
                    "average_forgetting", "learnable_parameters", "train_seconds", "train_images_per_second")
@@ -194,7 +195,8 @@ def _label(group: Sequence[dict]) -> str:
 def _is_joint(run: dict) -> bool:
     """Joint training has one row (evaluated once, after everything): no curve, no forgetting."""
     m = np.asarray(run["accuracy_matrix"], dtype=float)
-    return run["method"] == "joint" or (m.shape[0] == 1 and m.shape[1] > 1)
+    registered = METHODS.get(run["method"])
+    return (registered is not None and not registered.continual) or (m.shape[0] == 1 and m.shape[1] > 1)
 
 
 def _plain(v):
@@ -226,7 +228,7 @@ def _run_selection(run: dict) -> Optional[str]:
     recipe = _config(run).get("recipe")
     selection = recipe.get("selection") if isinstance(recipe, dict) else None
     if selection is None:
-        return PER_SAMPLE if run["method"] in _SELECTING_METHODS else None
+        return PER_SAMPLE if _selects_prompts(run["method"]) else None
     return str(selection)
 
 
@@ -546,11 +548,14 @@ def plot_accuracy_matrices(runs: Sequence[dict], path: str) -> str:
 # ----------------------------------------------------------------------------- files
 
 def _method_rank(method: str) -> Tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """Table order: the registry's (lower bound, prompt methods in publication order, upper bound, then
+    methods registered later); methods no longer registered last, by name."""
+    order = list(METHODS)
+    return (order.index(method) if method in order else len(order), method)
 
 
 def load_runs(folder: str) -> List[dict]:
-    """Every ``folder/runs/*.json``, in table order (METHOD_ORDER, then others by name) and by seed."""
+    """Every ``folder/runs/*.json``, in table order (see :func:`_method_rank`) and by seed."""
     run_dir = os.path.join(folder, "runs")
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"no runs folder {run_dir!r}: expected the runner's RESULTS_DIR")

@@ -45,6 +45,12 @@ rank 0 writes records, logs, checkpoints and the report:
     torchrun --standalone --nproc_per_node 4 -m benchmarks.run --benchmark split_cifar100 \
         --data-root ~/data --device cuda --seeds 0 1 2
 
+Methods come from the registry (:mod:`avalanche_convprompt.methods`): the
+built-in six and any method a module registers; ``--import MODULE`` imports
+such a module first (see ``docs/adding_a_method.md``):
+
+    python -m benchmarks.run --import my_methods --methods convprompt my_method --seeds 0
+
 Every run writes ``OUTPUT/runs/<method>_seed<seed>.json`` (see
 :mod:`benchmarks.report` for the record; ``config.recipe`` holds every setting
 the strategy trained with); at the end ``results.md``, ``results.csv``,
@@ -59,25 +65,26 @@ import platform
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 from tqdm import tqdm
 
-from avalanche_convprompt import distributed as dist
-from avalanche_convprompt.backbones import OFFLINE, backbone_image_size, make_backbone
-from avalanche_convprompt.determinism import enable_deterministic_algorithms, seed_everything
+from avalanche_convprompt.data.streams import STREAM_NAMES, make_stream
 from avalanche_convprompt.evaluation import default_cl_evaluator
-from avalanche_convprompt.experiment import run_stream
-from avalanche_convprompt.files import ensure_writable_dir, write_json
-from avalanche_convprompt.prompt_plan import SELECTIONS as PROMPT_SELECTIONS
 from avalanche_convprompt.methods import (CONVPROMPT_BACKBONE, METHODS, PROTOCOLS, build_strategy, get_method,
                                           reference_recipe, resolved_recipe)
-from avalanche_convprompt.streams import STREAM_NAMES, make_stream
+from avalanche_convprompt.models.backbones import OFFLINE, backbone_image_size, make_backbone
+from avalanche_convprompt.models.prompt_plan import SELECTIONS as PROMPT_SELECTIONS
+from avalanche_convprompt.plugins import distribute
+from avalanche_convprompt.runs import distributed as dist
+from avalanche_convprompt.runs import run_stream
+from avalanche_convprompt.runs.determinism import enable_deterministic_algorithms, seed_everything
+from avalanche_convprompt.runs.files import ensure_writable_dir, write_json
 
+from .method_imports import add_import_option, import_method_modules
 from .report import load_runs, markdown_table, aggregate, write_report
 
-DEFAULT_METHODS = ["finetune", "l2p", "dualprompt", "coda", "convprompt", "joint"]
 # epochs / batch / lr per benchmark under the offline and shared protocols (lr None: each method's default rate).
 # Offline: the quickstart's settings. Shared: ConvPrompt's published schedule, applied to every method.
 SCHEDULES = {
@@ -90,10 +97,12 @@ SELECTIONS = (*PROMPT_SELECTIONS, "as_published")     # as_published: what the p
 
 
 def parse_args(argv=None):
+    import_method_modules(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--strategy", "--methods", dest="strategy", nargs="+", default=DEFAULT_METHODS,
-                   choices=list(METHODS), help="methods to run, in this order")
+    add_import_option(p)
+    p.add_argument("--strategy", "--methods", dest="strategy", nargs="+", default=list(METHODS),
+                   choices=list(METHODS), help="methods to run, in this order (default: every registered method)")
     p.add_argument("--benchmark", default="synthetic", choices=list(STREAM_NAMES))
     p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
                    help="default: offline on synthetic or with the offline backbone, shared otherwise")
@@ -164,10 +173,11 @@ def strategy_settings(method: str, args) -> Tuple[Dict, Dict]:
     overrides = {key: getattr(args, arg) for key, arg in (("backbone", "backbone"), ("train_epochs", "epochs"),
                                                           ("train_mb_size", "batch"), ("lr", "lr"))
                  if getattr(args, arg) is not None}
-    if method in ("l2p", "dualprompt") and args.selection != "per_sample":
+    accepts = get_method(method).accepts
+    if "selection" in accepts and args.selection != "per_sample":
         overrides["selection"] = args.selection if args.selection == "batch_vote" else \
             (reference_recipe(method, args.benchmark).published_selection or "per_sample")
-    if method == "convprompt" and args.train_keys:
+    if "train_keys" in accepts and args.train_keys:
         overrides["train_keys"] = True
     kwargs.update(overrides)
     return kwargs, overrides
@@ -178,8 +188,8 @@ def make_allocation(args, stream):
     from avalanche_convprompt import FixedAllocation
     if args.allocation == "fixed" or not stream.descriptor_set:
         return FixedAllocation(5)
-    from avalanche_convprompt.descriptors import load_descriptors
-    from avalanche_convprompt.language_allocation import LanguageModelAllocation, class_descriptors
+    from avalanche_convprompt.language.descriptors import load_descriptors
+    from avalanche_convprompt.language.allocation import LanguageModelAllocation, class_descriptors
     keys = stream.class_keys or stream.class_names
     descriptors = class_descriptors(keys, load_descriptors(stream.descriptor_set), "error", stream.class_names)
     return LanguageModelAllocation(descriptors, max_generators=5, average_over=args.average_over)
@@ -201,14 +211,15 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     with open(log_path, "w") as log:
         strategy = build_strategy(
-            method, args.protocol, allocation=make_allocation(args, stream) if method == "convprompt" else None,
+            method, args.protocol,
+            allocation=make_allocation(args, stream) if "allocation" in get_method(method).accepts else None,
             backbone=make_backbone(backbone_name, pretrained=not args.no_pretrained), train_mb_size=batch // world,
             eval_mb_size=max(batch // world, 128), device=args.device,
             evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []), **kwargs)
         if dist.is_distributed():
             if kwargs.get("lr") is None:   # the default rate scales with the batch: the global one, not a slice
                 strategy.lr *= world
-            dist.distribute(strategy, seed=seed)
+            distribute(strategy, seed=seed)
         checkpoints = os.path.join(out, "checkpoints", f"{method}_seed{seed}")
         summary = run_stream(strategy, stream.benchmark, f"{method} seed {seed}", progress=not args.no_progress,
                              num_workers=args.workers, checkpoint_dir=checkpoints, resume=args.resume)

@@ -49,9 +49,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from avalanche_convprompt.model import PromptedClassifier  # noqa: E402
-from avalanche_convprompt.strategies import build_convprompt_model  # noqa: E402
+from avalanche_convprompt.models.classifier import PromptedClassifier  # noqa: E402
+from avalanche_convprompt.methods import build_convprompt_model  # noqa: E402
 from naive_reference import naive_prompts  # noqa: E402
+
+from benchmarks.method_imports import add_import_option, import_method_modules  # noqa: E402
 
 # models are built without an evaluator here: nothing is logged on purpose
 warnings.filterwarnings("ignore", message="No loggers specified")
@@ -166,36 +168,35 @@ def measure(fns: Dict[str, Callable[[], None]], rounds: int, device, desc: str) 
 
 
 def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device):
-    """Training-step and eval-forward closures for one method grown to ``tasks`` tasks."""
+    """Training-step and eval-forward closures for one method grown to ``tasks`` tasks.
+
+    The step is the strategy's own: its optimiser over its ``trainable_groups()``
+    (built by its ``make_optimizer``), its ``training_loss()`` on the batch, its
+    ``optimizer_step()`` (clipping and schedule); so any registered method is
+    measured exactly as it trains, with no per-method code here.
+    """
     from avalanche_convprompt.methods import build_strategy
-    from avalanche_convprompt.prompted_vit import resolve_backbone
+    from avalanche_convprompt.models.prompted_vit import resolve_backbone
     from benchmarks.parameters import grow
 
     torch.manual_seed(0)
     vit = resolve_backbone(backbone, pretrained=False)
     strategy = build_strategy(method, "shared", backbone=vit, device=str(device), evaluator=None)
-    net = grow(strategy, method, tasks, 10).to(device)       # joint: one head over all tasks' classes
-    groups = [g for g in strategy.trainable_groups() if g["params"]]
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.Adam(groups, lr=1e-4)
+    net = grow(strategy, method, tasks, 10).to(device)       # a non-continual method: one head over all classes
     class_ids = net.heads.heads[-1].class_ids
     img = net.backbone.vit.patch_embed.img_size
     x = torch.rand(batch, 3, *img, device=device)
-    y = torch.randint(0, len(class_ids), (batch,), device=device)
+    y = class_ids.to(device)[torch.randint(0, len(class_ids), (batch,), device=device)]
+    strategy.mbatch = [x, y, torch.zeros(batch, dtype=torch.long, device=device)]
+    strategy.make_optimizer()            # the experience's optimiser (and ConvPrompt's drift anchors)
     pool = net.prompt_module
-    anchors = [p.detach().clone() for p in pool.shared_parameters()] if method == "convprompt" else []
-    weight = getattr(strategy, "matching_weight", 0.0)
 
     def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x)[:, class_ids], y)
-        if weight and net.last_plan is not None and net.last_plan.matching_loss is not None:
-            loss = loss + weight * net.last_plan.matching_loss
-        if anchors:
-            loss = loss + 0.01 * sum((p - a).abs().sum() for p, a in zip(pool.shared_parameters(), anchors))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        strategy.optimizer.zero_grad(set_to_none=True)
+        strategy.mb_output = strategy.forward()
+        strategy.loss = strategy.training_loss()
+        strategy.loss.backward()
+        strategy.optimizer_step()
 
     def eval_forward():
         with torch.no_grad(), ExitStack() as stack:
@@ -262,6 +263,7 @@ def main(argv=None) -> Dict:
 
 
 def run(argv, stack: ExitStack) -> Dict:
+    import_method_modules(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="vit_base_patch16_224", help="timm ViT name (random weights)")
     parser.add_argument("--batch", type=int, default=8)
@@ -272,11 +274,15 @@ def run(argv, stack: ExitStack) -> Dict:
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--compare-methods", action="store_true",
                         help="measure every method of the comparison instead (see module docstring)")
-    parser.add_argument("--methods", nargs="+", default=["finetune", "l2p", "dualprompt", "coda", "convprompt"],
-                        help="with --compare-methods")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="with --compare-methods (default: every registered continual method)")
+    add_import_option(parser)
     parser.add_argument("--tasks", type=int, default=10, help="with --compare-methods: tasks grown before measuring")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    if args.methods is None:
+        from avalanche_convprompt.methods import METHODS
+        args.methods = [name for name, m in METHODS.items() if m.continual]
     if args.compare_methods:
         result = compare_methods(args)
         if args.output:

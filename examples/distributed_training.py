@@ -17,7 +17,7 @@ rather than bit for bit: each process draws its own crops). Only rank 0
 prints, logs and writes ``results.json`` and ``model.pt`` (the unwrapped model's
 ``state_dict``) to ``--output``. The allocation policy (language model included)
 is only built and run on rank 0; its decision is broadcast. See
-:mod:`avalanche_convprompt.distributed` for what happens under the hood.
+:mod:`avalanche_convprompt.plugins.distributed` for what happens under the hood.
 """
 from __future__ import annotations
 
@@ -35,12 +35,13 @@ sys.path.insert(0, HERE)
 from avalanche.distributed import DistributedHelper  # noqa: E402
 
 from avalanche_convprompt import ConvPrompt, FixedAllocation  # noqa: E402
-from avalanche_convprompt.distributed import (distribute, init_from_torchrun, is_main_process,  # noqa: E402
-                                              main_process_loggers, on_main_process, unwrap, world_size)
+from avalanche_convprompt.plugins import distribute  # noqa: E402
+from avalanche_convprompt.runs.distributed import (init_from_torchrun, is_main_process,  # noqa: E402
+                                                   main_process_loggers, on_main_process, unwrap, world_size)
 from avalanche_convprompt.evaluation import default_cl_evaluator  # noqa: E402
-from avalanche_convprompt.experiment import run_stream  # noqa: E402
-from avalanche_convprompt.files import ensure_writable_dir, write_json  # noqa: E402
-from avalanche_convprompt.streams import STREAM_NAMES, make_stream  # noqa: E402
+from avalanche_convprompt.runs import run_stream  # noqa: E402
+from avalanche_convprompt.runs.files import ensure_writable_dir, write_json  # noqa: E402
+from avalanche_convprompt.data.streams import STREAM_NAMES, make_stream  # noqa: E402
 from quickstart import DEFAULTS, OFFLINE, backbone_image_size, make_allocation, make_backbone  # noqa: E402
 
 

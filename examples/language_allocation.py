@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from avalanche_convprompt.descriptors import SHIPPED_SETS, load_descriptors  # noqa: E402
-from avalanche_convprompt.language_allocation import (AVERAGE_OVER, LanguageModelAllocation,  # noqa: E402
+from avalanche_convprompt.language.descriptors import SHIPPED_SETS, load_descriptors  # noqa: E402
+from avalanche_convprompt.language.allocation import (AVERAGE_OVER, LanguageModelAllocation,  # noqa: E402
                                                        class_descriptors)
 
 

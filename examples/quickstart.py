@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from avalanche_convprompt import ConvPrompt, SequentialFineTuning, backbones  # noqa: E402
 from avalanche_convprompt.evaluation import default_cl_evaluator  # noqa: E402
-from avalanche_convprompt.experiment import run_stream  # noqa: E402
-from avalanche_convprompt.files import ensure_writable_dir, write_json  # noqa: E402
-from avalanche_convprompt.plotting import plot_allocation, plot_runs  # noqa: E402
-from avalanche_convprompt.streams import STREAM_NAMES, make_stream  # noqa: E402
+from avalanche_convprompt.runs import run_stream  # noqa: E402
+from avalanche_convprompt.runs.files import ensure_writable_dir, write_json  # noqa: E402
+from avalanche_convprompt.evaluation.plots import plot_allocation, plot_runs  # noqa: E402
+from avalanche_convprompt.data.streams import STREAM_NAMES, make_stream  # noqa: E402
 
 OFFLINE = backbones.OFFLINE
 # The small shipped backbone (6 blocks, width 128, 4 heads of 32) gets a prompt
@@ -107,11 +107,11 @@ def make_allocation(args, stream):
     from avalanche_convprompt import FixedAllocation
     if args.allocation == "fixed":
         return FixedAllocation(args.generators)
-    from avalanche_convprompt.language_allocation import LanguageModelAllocation, class_descriptors
+    from avalanche_convprompt.language.allocation import LanguageModelAllocation, class_descriptors
     if args.allocation == "class_names":
         return LanguageModelAllocation.from_class_names(stream.class_names, max_generators=args.generators,
                                                         encoder=args.encoder, average_over=args.average_over)
-    from avalanche_convprompt.descriptors import load_descriptors
+    from avalanche_convprompt.language.descriptors import load_descriptors
     source = args.descriptors or stream.descriptor_set
     if source is None:
         raise SystemExit(f"stream {stream.name} has no shipped descriptors: pass --descriptors FILE")

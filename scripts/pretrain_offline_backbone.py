@@ -10,7 +10,7 @@ Writes (by default into the package, next to the code that loads them):
   well it does (pretraining accuracy; linear-probe and nearest-class-mean
   accuracy of frozen features on the STREAM classes, pretrained vs random init).
 
-The recipe lives in :func:`avalanche_convprompt.offline_backbone.pretrain_offline_backbone`,
+The recipe lives in :func:`avalanche_convprompt.data.offline_backbone.pretrain_offline_backbone`,
 which ``create_offline_backbone()`` also uses when the asset is missing.
 Takes about 9 minutes on 2 CPU cores with the defaults.
 
@@ -38,7 +38,7 @@ from avalanche_convprompt.data.synthetic_shapes import (  # noqa: E402
     PRETRAIN_CLASSES,
     STREAM_CLASSES,
 )
-from avalanche_convprompt.offline_backbone import (  # noqa: E402
+from avalanche_convprompt.data.offline_backbone import (  # noqa: E402
     ASSET_PATH,
     DEFAULT_PRETRAIN_KWARGS,
     OFFLINE_BACKBONE_CONFIG,

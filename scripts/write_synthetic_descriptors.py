@@ -13,8 +13,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from avalanche_convprompt.data import CLASS_NAMES, NUM_CLASSES, class_shape_pattern  # noqa: E402
-from avalanche_convprompt.descriptors import load_descriptors, shipped_path  # noqa: E402
-from avalanche_convprompt.files import write_json  # noqa: E402
+from avalanche_convprompt.language.descriptors import load_descriptors, shipped_path  # noqa: E402
+from avalanche_convprompt.runs.files import write_json  # noqa: E402
 
 SHAPE_DESCRIPTORS = {
     "circle": ["round outline", "smooth curved edge with no corners", "same width in every direction"],

@@ -38,9 +38,10 @@ from avalanche.evaluation.metrics import accuracy_matrix_metrics, accuracy_metri
 from avalanche.training.plugins import EvaluationPlugin  # noqa: E402
 
 from avalanche_convprompt import Allocation, ConvPrompt  # noqa: E402
-from avalanche_convprompt.distributed import (DistributedPromptPlugin, init_from_torchrun, is_distributed,  # noqa: E402
-                                              max_difference_across_ranks, on_main_process, rank, unwrap,
-                                              world_size)
+from avalanche_convprompt.plugins import DistributedPromptPlugin  # noqa: E402
+from avalanche_convprompt.runs.distributed import (init_from_torchrun, is_distributed,  # noqa: E402
+                                                   max_difference_across_ranks, on_main_process, rank, unwrap,
+                                                   world_size)
 from avalanche_convprompt.evaluation import summarize_run  # noqa: E402
 from conftest import tiny_vit  # noqa: E402
 

@@ -9,7 +9,7 @@ generator's key. Used by the tests (equivalence to 1e-5) and by
 import torch
 import torch.nn.functional as F
 
-from avalanche_convprompt.conv_prompt_pool import ConvPromptPool
+from avalanche_convprompt.methods.convprompt.prompt_pool import ConvPromptPool
 
 
 def naive_prompts(pool: ConvPromptPool, queries, dtype=torch.float64):

@@ -8,10 +8,10 @@ from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dat
 from avalanche.core import SupervisedPlugin
 
 from avalanche_convprompt import ConvPrompt, DualPrompt, L2P
-from avalanche_convprompt.checkpoint import checkpoint_files, load_checkpoint
-from avalanche_convprompt.conv_prompt_pool import ConvPromptPool
+from avalanche_convprompt.runs.checkpoint import checkpoint_files, load_checkpoint
+from avalanche_convprompt.methods.convprompt.prompt_pool import ConvPromptPool
 from avalanche_convprompt.evaluation import default_cl_evaluator
-from avalanche_convprompt.experiment import run_stream
+from avalanche_convprompt.runs import run_stream
 
 from conftest import blob_datasets, tiny_vit
 

@@ -6,13 +6,13 @@ from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmar
 from timm.models.vision_transformer import VisionTransformer
 
 from avalanche_convprompt import (CodaPrompt, ConvPrompt, DualPrompt, JointTraining, L2P, SequentialFineTuning)
-from avalanche_convprompt.coda_pool import CodaPromptPool
-from avalanche_convprompt.dualprompt_pool import DualPromptPool
+from avalanche_convprompt.methods.coda_prompt.prompt_pool import CodaPromptPool
+from avalanche_convprompt.methods.dualprompt.prompt_pool import DualPromptPool
 from avalanche_convprompt.evaluation import default_cl_evaluator
-from avalanche_convprompt.experiment import run_stream
-from avalanche_convprompt.l2p_pool import L2PPromptPool
-from avalanche_convprompt.prompt_plan import split_heads
-from avalanche_convprompt.prompted_vit import PromptedViT, prefixed_block
+from avalanche_convprompt.runs import run_stream
+from avalanche_convprompt.methods.l2p.prompt_pool import L2PPromptPool
+from avalanche_convprompt.models.prompt_plan import split_heads
+from avalanche_convprompt.models.prompted_vit import PromptedViT, prefixed_block
 
 from conftest import blob_datasets, tiny_vit
 from test_strategy import ParameterAudit
@@ -238,12 +238,12 @@ def test_every_method_builds_and_runs_on_any_vit_width(config):
 # -------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def offline_stream():
-    from avalanche_convprompt.streams import synthetic_stream
+    from avalanche_convprompt.data.streams import synthetic_stream
     return synthetic_stream(n_experiences=3, classes_per_experience=3, train_per_class=40, test_per_class=20, seed=0)
 
 
 def run_offline(method, stream, **kw):
-    from avalanche_convprompt.offline_backbone import create_offline_backbone
+    from avalanche_convprompt.data.offline_backbone import create_offline_backbone
     torch.manual_seed(0)
     strategy = method(backbone=create_offline_backbone(), lr=0.01, train_mb_size=32, train_epochs=2,
                       eval_mb_size=128, device="cpu", evaluator=default_cl_evaluator(loggers=[]), **kw)

@@ -59,7 +59,7 @@ def test_runner_needs_a_data_root_for_real_benchmarks(capsys):
 
 def test_runner_reads_a_real_benchmark_folder(tmp_path):
     """Split ImageNet-R from a (fake) extracted folder, through the same runner, with the offline backbone."""
-    from avalanche_convprompt.descriptors.official_classes import IMAGENET_R_WNIDS
+    from avalanche_convprompt.language.descriptors.official_classes import IMAGENET_R_WNIDS
     from test_streams import _image_bytes, _imagenet_r_tree
 
     root = _imagenet_r_tree(tmp_path / "data", {w: 5 for w in IMAGENET_R_WNIDS[:4]}, _image_bytes())

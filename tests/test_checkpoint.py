@@ -11,10 +11,10 @@ import torch
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 
 from avalanche_convprompt import CodaPrompt, ConvPrompt, DualPrompt, L2P
-from avalanche_convprompt.checkpoint import (CheckpointError, checkpoint_files, latest_checkpoint, load_checkpoint,
+from avalanche_convprompt.runs.checkpoint import (CheckpointError, checkpoint_files, latest_checkpoint, load_checkpoint,
                                              save_checkpoint)
 from avalanche_convprompt.evaluation import default_cl_evaluator
-from avalanche_convprompt.experiment import run_stream
+from avalanche_convprompt.runs import run_stream
 
 from conftest import blob_datasets, tiny_vit
 

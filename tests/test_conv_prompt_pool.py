@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from avalanche_convprompt import ConvPromptPool
-from avalanche_convprompt.conv_prompt_pool import orthonormal_complement
+from avalanche_convprompt.methods.convprompt.prompt_pool import orthonormal_complement
 from naive_reference import naive_prompts
 
 

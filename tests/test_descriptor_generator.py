@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from avalanche_convprompt.descriptors import load_descriptors
-from avalanche_convprompt.descriptors import generate as gen
-from avalanche_convprompt.descriptors.generate import (
+from avalanche_convprompt.language.descriptors import load_descriptors
+from avalanche_convprompt.language.descriptors import generate as gen
+from avalanche_convprompt.language.descriptors.generate import (
     DescriptorGenerationError, EndpointError, UnusableAnswerError, ask_descriptors, build_messages,
     cache_file_name, generate_descriptor_file, main, parse_descriptors, read_class_list, readable_name)
 

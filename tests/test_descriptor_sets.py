@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from avalanche_convprompt.descriptors import (
+from avalanche_convprompt.language.descriptors import (
     SHIPPED_SETS, ClassDescriptors, DescriptorSet, load_descriptors, shipped_path)
-from avalanche_convprompt.descriptors.official_classes import (
+from avalanche_convprompt.language.descriptors.official_classes import (
     CIFAR100_CLASSES, CUB200_CLASSES, IMAGENET_R_CLASSES, IMAGENET_R_WNIDS)
 
 from avalanche_convprompt.data import CLASS_NAMES  # noqa: E402

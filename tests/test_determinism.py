@@ -2,13 +2,13 @@
 import torch
 
 from avalanche_convprompt import ConvPrompt
-from avalanche_convprompt.descriptors import load_descriptors
-from avalanche_convprompt.determinism import seed_everything
+from avalanche_convprompt.language.descriptors import load_descriptors
+from avalanche_convprompt.runs.determinism import seed_everything
 from avalanche_convprompt.evaluation import default_cl_evaluator
-from avalanche_convprompt.experiment import run_stream
-from avalanche_convprompt.language_allocation import LanguageModelAllocation, SentenceEncoder, class_descriptors
-from avalanche_convprompt.offline_backbone import create_offline_backbone
-from avalanche_convprompt.streams import synthetic_stream
+from avalanche_convprompt.runs import run_stream
+from avalanche_convprompt.language.allocation import LanguageModelAllocation, SentenceEncoder, class_descriptors
+from avalanche_convprompt.data.offline_backbone import create_offline_backbone
+from avalanche_convprompt.data.streams import synthetic_stream
 
 
 def one_run(seed):

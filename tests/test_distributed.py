@@ -39,8 +39,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from avalanche_convprompt.distributed import (GlobalBatchSampler, MainProcessPolicy, distribute, init_from_torchrun,
-                                              is_main_process, on_main_process)
+from avalanche_convprompt.plugins.distributed import GlobalBatchSampler, MainProcessPolicy, distribute
+from avalanche_convprompt.runs.distributed import init_from_torchrun, is_main_process, on_main_process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -6,9 +6,9 @@ import torch
 
 from avalanche_convprompt import ConvPrompt, SequentialFineTuning
 from avalanche_convprompt.evaluation import default_cl_evaluator
-from avalanche_convprompt.experiment import run_stream
-from avalanche_convprompt.offline_backbone import create_offline_backbone
-from avalanche_convprompt.streams import synthetic_stream
+from avalanche_convprompt.runs import run_stream
+from avalanche_convprompt.data.offline_backbone import create_offline_backbone
+from avalanche_convprompt.data.streams import synthetic_stream
 
 
 @pytest.fixture(scope="module")

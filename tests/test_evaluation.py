@@ -10,9 +10,9 @@ from avalanche.core import SupervisedPlugin
 
 from avalanche_convprompt import ConvPrompt
 from avalanche_convprompt.evaluation import average_accuracy, average_forgetting, default_cl_evaluator, summarize_run
-from avalanche_convprompt.experiment import run_stream
-from avalanche_convprompt.files import atomic_path, ensure_writable_dir, write_json
-from avalanche_convprompt.plotting import plot_runs, seen_class_accuracy_curve
+from avalanche_convprompt.runs import run_stream
+from avalanche_convprompt.runs.files import atomic_path, ensure_writable_dir, write_json
+from avalanche_convprompt.evaluation.plots import plot_runs, seen_class_accuracy_curve
 
 from conftest import blob_datasets, tiny_vit
 
@@ -72,7 +72,7 @@ def test_missing_accuracy_matrix_is_explained():
 # ------------------------------------------- summarize_run and the ways Avalanche runs can be driven
 HOW_TO = ("train one experience per strategy.train(...) call and after each evaluate the test experiences seen so "
           "far: for t, exp in enumerate(benchmark.train_stream): strategy.train(exp, eval_streams=[]); "
-          "strategy.eval(benchmark.test_stream[:t + 1]); or use avalanche_convprompt.experiment.run_stream")
+          "strategy.eval(benchmark.test_stream[:t + 1]); or use avalanche_convprompt.runs.run_stream")
 
 
 def two_experience_run(**kwargs):

@@ -6,8 +6,8 @@ import torch
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 
 from avalanche_convprompt import ConvPrompt, PromptExpansionPlugin
-from avalanche_convprompt.descriptors import load_descriptors
-from avalanche_convprompt.language_allocation import (LanguageModelAllocation, SentenceEncoder,
+from avalanche_convprompt.language.descriptors import load_descriptors
+from avalanche_convprompt.language.allocation import (LanguageModelAllocation, SentenceEncoder,
                                                        class_descriptors, descriptor_similarity,
                                                        generators_from_similarity)
 

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from avalanche_convprompt import ConvPromptPool
-from avalanche_convprompt.coda_pool import CodaPromptPool
-from avalanche_convprompt.prompt_plan import split_heads
+from avalanche_convprompt.methods.coda_prompt.prompt_pool import CodaPromptPool
+from avalanche_convprompt.models.prompt_plan import split_heads
 from naive_reference import naive_prompts
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,14 +10,14 @@ from avalanche.core import SupervisedPlugin
 from timm.models.vision_transformer import VisionTransformer
 
 from avalanche_convprompt import CodaPrompt, ConvPrompt, DualPrompt, L2P
-from avalanche_convprompt.coda_pool import CodaPromptPool
-from avalanche_convprompt.dualprompt_pool import DualPromptPool
+from avalanche_convprompt.methods.coda_prompt.prompt_pool import CodaPromptPool
+from avalanche_convprompt.methods.dualprompt.prompt_pool import DualPromptPool
 from avalanche_convprompt.evaluation import default_cl_evaluator
-from avalanche_convprompt.experiment import run_stream
-from avalanche_convprompt.l2p_pool import L2PPromptPool
+from avalanche_convprompt.runs import run_stream
+from avalanche_convprompt.methods.l2p.prompt_pool import L2PPromptPool
 from avalanche_convprompt.methods import (BASELINE_BACKBONE, CONVPROMPT_BACKBONE, REFERENCE_RECIPES, build_strategy,
                                           reference_recipe, resolved_recipe)
-from avalanche_convprompt.prompt_plan import batch_vote
+from avalanche_convprompt.models.prompt_plan import batch_vote
 
 from conftest import blob_datasets, tiny_vit
 
@@ -70,8 +70,8 @@ def test_dualprompt_batch_vote_acts_at_test_time_only():
 @pytest.fixture(scope="module")
 def trained_l2p():
     """L2P trained as its reference port trains it (batch vote) on the offline stream, 5 experiences x 2 classes."""
-    from avalanche_convprompt.offline_backbone import create_offline_backbone
-    from avalanche_convprompt.streams import synthetic_stream
+    from avalanche_convprompt.data.offline_backbone import create_offline_backbone
+    from avalanche_convprompt.data.streams import synthetic_stream
     stream = synthetic_stream(n_experiences=5, classes_per_experience=2, train_per_class=40, test_per_class=30,
                               seed=0)
     torch.manual_seed(0)
@@ -236,7 +236,7 @@ def test_every_reference_recipe_builds_and_reads_back(method):
 def test_runner_reference_protocol_records_each_methods_recipe(tmp_path):
     """``--protocol reference`` on a (fake) Split ImageNet-R: each method its own recipe, overrides recorded."""
     from benchmarks import run
-    from avalanche_convprompt.descriptors.official_classes import IMAGENET_R_WNIDS
+    from avalanche_convprompt.language.descriptors.official_classes import IMAGENET_R_WNIDS
     from test_streams import _image_bytes, _imagenet_r_tree
 
     root = _imagenet_r_tree(tmp_path / "data", {w: 4 for w in IMAGENET_R_WNIDS[:4]}, _image_bytes())

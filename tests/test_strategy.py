@@ -6,7 +6,7 @@ from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmar
 from avalanche.core import SupervisedPlugin
 
 from avalanche_convprompt import ConvPrompt, FixedAllocation, PromptExpansionPlugin, SequentialFineTuning
-from avalanche_convprompt.strategies import build_convprompt_model
+from avalanche_convprompt.methods import build_convprompt_model
 
 from conftest import blob_datasets, tiny_vit
 

@@ -1,7 +1,7 @@
 """Stream builders: the offline stream's shape, and clear errors where real data is missing."""
 import pytest
 
-from avalanche_convprompt.streams import make_stream, vit_eval_transform, vit_train_transform
+from avalanche_convprompt.data.streams import make_stream, vit_eval_transform, vit_train_transform
 
 
 def test_synthetic_stream_has_names_and_descriptor_keys_for_every_class():
@@ -45,11 +45,11 @@ import os  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from avalanche_convprompt.descriptors import load_descriptors  # noqa: E402
-from avalanche_convprompt.descriptors.official_classes import (  # noqa: E402
+from avalanche_convprompt.language.descriptors import load_descriptors  # noqa: E402
+from avalanche_convprompt.language.descriptors.official_classes import (  # noqa: E402
     CUB200_CLASSES, IMAGENET_R_CLASSES, IMAGENET_R_WNIDS)
-from avalanche_convprompt.language_allocation import class_descriptors  # noqa: E402
-from avalanche_convprompt.streams import (  # noqa: E402
+from avalanche_convprompt.language.allocation import class_descriptors  # noqa: E402
+from avalanche_convprompt.data.streams import (  # noqa: E402
     CUB200_URL, IMAGENET_R_URL, STREAM_NAMES, ImageFiles, read_cub200, read_imagenet_r, split_cub200, split_imagenet_r)
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)

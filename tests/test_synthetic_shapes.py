@@ -19,7 +19,7 @@ from avalanche_convprompt.data import (
     make_synthetic_benchmark,
     render_images,
 )
-from avalanche_convprompt.offline_backbone import (
+from avalanche_convprompt.data.offline_backbone import (
     ASSET_INFO_PATH,
     ASSET_PATH,
     OFFLINE_BACKBONE_CONFIG,
@@ -208,7 +208,7 @@ def test_create_offline_backbone_loads_asset_and_differs_from_random_init(pretra
 
 def test_missing_asset_falls_back_to_cache(tmp_path, monkeypatch):
     """Without the shipped asset, a checkpoint in cache_dir is used (no retraining)."""
-    import avalanche_convprompt.offline_backbone as ob
+    import avalanche_convprompt.data.offline_backbone as ob
     torch.manual_seed(1)
     model = build_offline_backbone()
     save_backbone_checkpoint(model, tmp_path / f"{ob.ASSET_NAME}.pt")
@@ -250,7 +250,7 @@ def test_frozen_pretrained_features_separate_unseen_stream_classes(pretrained):
 
 def test_missing_asset_and_cache_trains_and_caches_atomically(tmp_path, monkeypatch):
     """The fallback path runs the real pretraining recipe (shrunk here) and caches the result."""
-    import avalanche_convprompt.offline_backbone as ob
+    import avalanche_convprompt.data.offline_backbone as ob
     monkeypatch.setattr(ob, "ASSET_PATH", tmp_path / "missing.pt")
     monkeypatch.setattr(ob, "DEFAULT_PRETRAIN_KWARGS", dict(
         epochs=1, images_per_class=4, batch_size=40, test_per_class=1, seed=0, progress=False))

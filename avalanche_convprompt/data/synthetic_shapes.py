@@ -4,7 +4,7 @@ Why this exists: the quickstart must run a class-incremental stream end to end
 with no network, on a laptop-class CPU, in minutes. Real datasets and real
 pretrained weights cannot be downloaded there, so we render images on the fly
 and ship a tiny ViT that was pretrained on a *disjoint* part of the same
-universe of classes (see :mod:`avalanche_convprompt.offline_backbone`).
+universe of classes (see :mod:`avalanche_convprompt.data.offline_backbone`).
 
 The class universe is every ``(shape, fill pattern)`` pair: 10 shapes x 8
 patterns = 80 classes, with class id ``shape_index * 8 + pattern_index`` and a

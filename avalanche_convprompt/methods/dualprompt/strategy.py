@@ -1,0 +1,66 @@
+"""DualPrompt (Wang et al., ECCV 2022) as an Avalanche strategy over a frozen timm ViT.
+
+The recipe: the backbone is frozen entirely; the G-prompt, the current
+experience's E-prompt and key (:mod:`~avalanche_convprompt.methods.dualprompt.prompt_pool`)
+and one linear head per experience train. While experience ``t`` trains its
+samples use E-prompt ``t`` (the task is known during training); at test time
+each sample picks its E-prompt by key matching. Loss = cross-entropy over the
+current classes + ``matching_weight`` x ``mean(1 - cos(q, k_t))``. Adam with a
+constant rate ``0.005 x batch / 256``.
+
+Defaults for ViT-B/16: G-prompt length 5 at blocks 0-1, E-prompt length 20 at
+blocks 2-4, prefix-tuning, matching weight 1. The reference recipe differs per
+benchmark (E length 5 and rate 0.03 x batch/256 for 5 epochs on Split CIFAR-100;
+E length 20 and 0.005 x batch/256 for 50 epochs on ImageNet-R; shared prompt
+pool): ``avalanche_convprompt.methods.reference_recipe("dualprompt", benchmark)``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+from avalanche.training.plugins.evaluation import default_evaluator
+from timm.models.vision_transformer import VisionTransformer
+
+from ..template import QueryPromptTemplate
+from .prompt_pool import DualPromptPool
+from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
+
+
+class DualPrompt(QueryPromptTemplate):
+    """DualPrompt: a shared G-prompt and per-experience E-prompts, prefix-tuned.
+
+    Args:
+        backbone, pretrained, normalize_inputs: as :class:`~avalanche_convprompt.ConvPrompt`.
+        g_layers, e_layers, g_length, e_length: prompt placement (paper: 0-1 / 2-4, 5 / 20).
+        matching_weight: weight of the key matching loss (paper: 1.0).
+        lr: default ``base_lr * train_mb_size / 256`` with ``base_lr = 0.005``.
+        lr_schedule: ``"constant"`` (paper) or ``"cosine"``.
+        selection: test-time E-prompt choice, ``"per_sample"`` (default) or
+            ``"batch_vote"`` (the reference port's CIFAR-100 protocol; leaks the
+            task of single-task test batches).
+        shared_prompt_pool: start each new E-prompt and key as copies of the
+            previous experience's (the reference protocol turns it on).
+        Others: as ``SupervisedTemplate``.
+    """
+
+    def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
+                 g_layers: Sequence[int] = (0, 1), e_layers: Sequence[int] = (2, 3, 4), g_length: int = 5,
+                 e_length: int = 20, matching_weight: float = 1.0, lr: Optional[float] = None,
+                 base_lr: float = 0.005, lr_schedule: str = "constant", clip_grad_norm: Optional[float] = 1.0,
+                 normalize_inputs: bool = False, selection: str = "per_sample", shared_prompt_pool: bool = False,
+                 train_mb_size: int = 128, train_epochs: int = 5,
+                 eval_mb_size: Optional[int] = None, device=None, plugins: Optional[Sequence] = None,
+                 evaluator=default_evaluator, eval_every: int = -1, **kwargs):
+        super().__init__(
+            backbone=backbone, pretrained=pretrained, normalize_inputs=normalize_inputs,
+            make_prompt_module=lambda vit: DualPromptPool(vit.embed_dim, vit.num_heads, g_layers, e_layers,
+                                                          g_length, e_length, selection=selection,
+                                                          shared_prompt_pool=shared_prompt_pool),
+            matching_weight=matching_weight, lr=lr, base_lr=base_lr,
+            lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
+            train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
+            eval_every=eval_every, **kwargs)
+
+    @property
+    def prompt_pool(self) -> DualPromptPool:
+        return self.net.prompt_module

@@ -1,0 +1,67 @@
+"""Joint training: the upper bound every continual method is compared against.
+
+The trainable parts of :class:`~avalanche_convprompt.SequentialFineTuning`
+(backbone LayerNorms and a ``LayerNorm + Linear`` head, no prompts), trained
+once on the union of all training experiences, so nothing can be forgotten.
+Call ``train`` once with the whole training stream, then evaluate on the test
+stream: the accuracy matrix has one row (see
+:func:`~avalanche_convprompt.evaluation.summarize_run`).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from avalanche.benchmarks.utils.utils import concat_datasets
+from avalanche.training.plugins.evaluation import default_evaluator
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
+from ..template import PromptedViTTemplate, build_prompted_classifier
+
+
+class JointTraining(PromptedViTTemplate):
+    """Offline training on all experiences at once (not a continual method).
+
+    Args mirror :class:`~avalanche_convprompt.SequentialFineTuning`.
+    """
+
+    #: Tells reports that the accuracy matrix has a single row and forgetting is undefined.
+    is_joint = True
+
+    def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
+                 lr: Optional[float] = None, clip_grad_norm: Optional[float] = 1.0, normalize_inputs: bool = False,
+                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
+                 device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
+                 **kwargs):
+        model = build_prompted_classifier(backbone, pretrained, None, normalize_inputs=normalize_inputs)
+        self._joint_experiences: Optional[List] = None
+        super().__init__(model=model, lr=lr, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
+                         train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins,
+                         evaluator=evaluator, eval_every=eval_every, **kwargs)
+
+    def train(self, experiences, eval_streams=None, **kwargs):
+        """Train once on the concatenation of ``experiences`` (a stream, a list or one experience)."""
+        if self._joint_experiences is not None:
+            raise RuntimeError("JointTraining trains once, on the whole stream; build a new strategy to train again")
+        exps = [experiences] if hasattr(experiences, "dataset") else list(experiences)
+        if not exps:
+            raise ValueError("JointTraining got no experiences")
+        self._joint_experiences = exps
+        return super().train(exps[0], eval_streams=eval_streams, **kwargs)
+
+    def train_dataset_adaptation(self, **kwargs):
+        """All experiences' training data as one dataset."""
+        self.adapted_dataset = concat_datasets([e.dataset for e in self._joint_experiences]).train()
+
+    def new_classes(self) -> List[int]:
+        return sorted({int(c) for e in self._joint_experiences for c in e.classes_in_this_experience})
+
+    def trainable_groups(self) -> List[Dict]:
+        return [{"params": list(self.net.heads.parameters()), "lr": self.lr},
+                {"params": self.net.norm_parameters(), "lr": self.lr}]
+
+    def training_loss(self) -> Tensor:
+        seen = torch.as_tensor(self.net.heads.seen_classes, device=self.mb_output.device)
+        return self.masked_cross_entropy(seen)

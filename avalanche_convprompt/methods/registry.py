@@ -1,0 +1,214 @@
+"""The registry of methods: what ``convprompt``, ``l2p``, ... mean to every tool.
+
+Each method folder describes itself once, as a :class:`Method` (its strategy
+class, display name, settings per protocol, reference recipes), and
+:func:`register_method` adds it here. The benchmark runner, the report, the
+parameter table and the speed comparison read this registry, so a registered
+method is picked up by all of them; see ``docs/adding_a_method.md``.
+
+Three protocols:
+
+* ``reference``: every method with its own reference recipe on each benchmark
+  (:attr:`Method.reference`: epochs, batch, rate, schedule, clipping, prompt
+  sizes and backbone as the implementation behind its published numbers used
+  them; see ``../shared/spec/baselines.md`` and ``convprompt.md``);
+* ``shared``: one schedule for every method (the benchmark's epochs and batch,
+  ConvPrompt's backbone), each strategy's default prompt sizes and rate;
+* ``offline``: the shipped 6-block, 128-wide ViT on 32 px SynthShapes. Prompt
+  sizes are the published ones except where a method scales them to the small
+  backbone (:attr:`Method.offline`); every method gets the same learning rate
+  (the runner's ``--lr``), since the published rates were tuned for ViT-B and
+  thousands of iterations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+from .template import unwrap
+
+PROTOCOLS = ("offline", "shared", "reference")
+
+#: Options of the benchmark runner that only some strategies take (see :attr:`Method.accepts`).
+RUNNER_OPTIONS = ("allocation", "train_keys", "selection")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One method's reference recipe on one benchmark.
+
+    ``kwargs`` are the strategy's keyword arguments, ``backbone`` (a timm name),
+    ``train_epochs``, ``train_mb_size`` and ``base_lr`` (the rate per 256
+    images, scaled by the batch) included. ``published_selection`` is how the
+    run behind the published number chose prompts at test time (L2P and
+    DualPrompt only); the runner uses per-sample selection unless asked.
+    """
+
+    kwargs: Dict
+    source: str
+    published_selection: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """Everything the tools need to know about one method.
+
+    Attributes:
+        name: the short name of the command line (``--methods NAME``).
+        label: the name tables and plots show.
+        strategy: the strategy class (a :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`
+            subclass), called with keyword arguments only.
+        offline: prompt sizes for the shipped 6-block offline backbone (``{}``: the strategy's defaults).
+        shared: prompt sizes under the shared protocol (``{}``: the strategy's defaults).
+        reference: benchmark name -> :class:`Recipe` (benchmarks without a reference run are absent).
+        continual: ``False`` for a method trained once on the whole stream (joint training).
+        accepts: which of :data:`RUNNER_OPTIONS` the strategy takes as keyword arguments.
+        prompt_settings: the prompt-size arguments the recipe table shows, in order.
+        grow: what the method's plugins add to the network when an experience starts, for tools
+            that grow a model without training it (the parameter table, the speed comparison);
+            called as ``grow(strategy)`` after the new head and ``strategy.grow_prompts``.
+    """
+
+    name: str
+    label: str
+    strategy: Callable
+    offline: Dict = field(default_factory=dict)
+    shared: Dict = field(default_factory=dict)
+    reference: Dict[str, Recipe] = field(default_factory=dict)
+    continual: bool = True
+    accepts: Tuple[str, ...] = ()
+    prompt_settings: Tuple[str, ...] = ()
+    grow: Optional[Callable] = None
+
+    def __post_init__(self):
+        unknown = sorted(set(self.accepts) - set(RUNNER_OPTIONS))
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown runner options {unknown}; choose from {RUNNER_OPTIONS}")
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"method name must be letters, digits, '-' or '_' (it names files), got {self.name!r}")
+
+    def kwargs(self, protocol: str) -> Dict:
+        """Prompt-size keyword arguments of the ``offline`` or ``shared`` protocol."""
+        if protocol not in ("offline", "shared"):
+            raise ValueError(f"unknown protocol {protocol!r} for method settings; choose offline or shared "
+                             "(the reference protocol's settings come from reference_recipe())")
+        return dict(self.offline if protocol == "offline" else self.shared)
+
+
+#: name -> :class:`Method`, in registration order (the order of tables and of the runner's default).
+METHODS: Dict[str, Method] = {}
+
+
+def register_method(method: Method, replace: bool = False) -> Method:
+    """Add ``method`` to :data:`METHODS`; returns it.
+
+    A second method under a taken name is refused unless ``replace`` (a typo
+    should not silently shadow a built-in method).
+    """
+    if not isinstance(method, Method):
+        raise TypeError(f"register_method takes a Method, got {type(method).__name__}")
+    if method.name in METHODS and not replace and METHODS[method.name] != method:
+        raise ValueError(f"a method named {method.name!r} is already registered "
+                         f"({METHODS[method.name].label}); pass replace=True to override it")
+    METHODS[method.name] = method
+    return method
+
+
+def unregister_method(name: str) -> Method:
+    """Remove a registered method (tests, or replacing a built-in one); returns it."""
+    return METHODS.pop(get_method(name).name)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)} "
+                         "(a method of your own must be registered first: see docs/adding_a_method.md)") from None
+
+
+def label(name: str) -> str:
+    return get_method(name).label
+
+
+class _ReferenceRecipes(Mapping):
+    """Read-only view: method name -> benchmark -> :class:`Recipe`, for every registered method with one."""
+
+    def __getitem__(self, name: str) -> Dict[str, Recipe]:
+        if name not in METHODS or not METHODS[name].reference:
+            raise KeyError(name)
+        return METHODS[name].reference
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, m in METHODS.items() if m.reference)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+#: method -> benchmark -> its reference recipe, read from the registered methods.
+REFERENCE_RECIPES: Mapping[str, Dict[str, Recipe]] = _ReferenceRecipes()
+
+
+def reference_recipe(name: str, benchmark: str) -> Recipe:
+    """The reference recipe of method ``name`` on ``benchmark``; a clear error where none exists."""
+    recipes = get_method(name).reference
+    if benchmark not in recipes:
+        have = ", ".join(recipes) or "none"
+        raise ValueError(f"{label(name)} has no reference recipe for {benchmark!r} (it has: {have}); "
+                         "use --protocol shared to run it under the shared schedule")
+    return recipes[benchmark]
+
+
+def build_strategy(name: str, protocol: str, allocation=None, **common):
+    """The strategy ``name`` with the protocol's settings plus ``common`` (backbone, lr, batch, ...).
+
+    ``protocol`` is ``offline`` or ``shared`` (a reference recipe is passed in
+    ``common`` by the caller, see :func:`reference_recipe`). ``allocation`` (a
+    policy) only reaches methods that accept one. ``lr=None`` leaves each
+    strategy its own default.
+    """
+    method = get_method(name)
+    kwargs = method.kwargs(protocol) if protocol != "reference" else {}
+    if allocation is not None and "allocation" in method.accepts:
+        kwargs["allocation"] = allocation
+    if common.get("lr", 0) is None:
+        common.pop("lr")
+    return method.strategy(**{**kwargs, **common})
+
+
+_MODULE_SETTINGS = ("prompt_layers", "prompt_length", "kernel_size", "train_keys", "pool_size", "top_k", "g_layers",
+                    "e_layers", "g_length", "e_length", "components_per_task", "selection", "shared_prompt_pool")
+_STRATEGY_SETTINGS = ("lr", "lr_schedule", "clip_grad_norm", "norm_lr_scale", "freeze_old_heads", "train_epochs",
+                      "train_mb_size", "eval_mb_size", "matching_weight", "drift_penalty", "orthogonality_penalty")
+
+
+def resolved_recipe(strategy) -> Dict:
+    """Every setting a built strategy trains with, read back from it (for run records).
+
+    The rate as resolved (``lr``, after batch scaling), schedule, clipping,
+    epochs, batches, loss weights, the prompt module's sizes and selection, and
+    ConvPrompt's allocation policy.
+    """
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+
+    recipe = {k: plain(getattr(strategy, k)) for k in _STRATEGY_SETTINGS if hasattr(strategy, k)}
+    net = unwrap(strategy.model)
+    module = net.prompt_module
+    recipe["prompt_module"] = None if module is None else type(module).__name__
+    for k in _MODULE_SETTINGS:
+        if module is not None and hasattr(module, k):
+            recipe[k] = plain(getattr(module, k))
+    recipe["normalize_inputs"] = net.input_mean is not None
+    recipe["train_norms"] = net.train_norms
+    expansion = getattr(strategy, "expansion", None)
+    if expansion is not None:
+        policy = expansion.policy
+        settings = ("max_generators", "generators_per_experience", "average_over")
+        recipe["allocation"] = {"policy": type(policy).__name__,
+                                **{k: getattr(policy, k) for k in settings if hasattr(policy, k)}}
+        encoder = getattr(policy, "encoder", None)
+        if encoder is not None:
+            recipe["allocation"]["encoder"] = encoder.name
+    return recipe

@@ -1,0 +1,328 @@
+"""What every prompt strategy over a frozen ViT shares: heads, optimiser, schedule.
+
+:class:`PromptedViTTemplate` is an Avalanche ``SupervisedTemplate`` that
+
+* grows one classifier head per experience from
+  ``experience.classes_in_this_experience`` (any ids, any order), freezing the
+  earlier heads when the subclass asks for it;
+* grows the prompt module (``prompt_module.grow()``) for each new experience
+  when it has one (DualPrompt, CODA-Prompt; ConvPrompt's pool is grown by its
+  expansion plugin earlier);
+* re-creates Adam at every experience over the parameter groups the subclass
+  names, with a cosine decay to 0 over the experience's iterations
+  (``torch.optim.lr_scheduler.CosineAnnealingLR``), a constant rate, or
+  CODA-Prompt's per-epoch quarter cosine, and gradient clipping;
+* gives the backbone's LayerNorms ``norm_lr_scale x lr`` from the second
+  experience on;
+* evaluates over all classes seen so far; labels of classes not trained yet
+  count as errors, never as crashes.
+
+Subclasses provide :meth:`trainable_groups` and :meth:`training_loss`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
+
+from ..models.classifier import PromptedClassifier
+from ..models.heads import label_positions
+from ..models.prompted_vit import PromptedViT, input_statistics, resolve_backbone
+from ..runs.distributed import unwrap
+
+
+def build_prompted_classifier(backbone: Union[str, VisionTransformer], pretrained: bool,
+                              make_prompt_module: Optional[Callable[[PromptedViT], nn.Module]] = None,
+                              normalize_inputs: bool = False, train_norms: bool = True,
+                              head_norm: bool = True) -> PromptedClassifier:
+    """Backbone from timm, a prompt module sized from it, and empty heads.
+
+    ``make_prompt_module(vit)`` receives the unprompted :class:`PromptedViT` (for
+    its width, heads and depth) and returns the module; its ``prompt_layers``
+    become the backbone's prefixed blocks and are checked against its depth.
+    """
+    vit = resolve_backbone(backbone, pretrained=pretrained)
+    plain = PromptedViT(vit)
+    module = make_prompt_module(plain) if make_prompt_module is not None else None
+    prompted = PromptedViT(vit, getattr(module, "prompt_layers", ()) if module is not None else ())
+    mean, std = input_statistics(vit, normalize_inputs)
+    return PromptedClassifier(prompted, module, input_mean=mean, input_std=std, train_norms=train_norms,
+                              head_norm=head_norm)
+
+
+LR_SCHEDULES = ("cosine", "constant", "epoch_quarter_cosine")
+
+
+def epoch_quarter_cosine(epoch: int, epochs: int) -> float:
+    """Factor on the rate in ``epoch`` (0-based) of ``epochs``: ``cos(pi/2 * 0.99 * epoch / (epochs - 1))``."""
+    if epochs <= 1:
+        return 1.0
+    return math.cos(math.pi / 2 * 0.99 * min(epoch, epochs - 1) / (epochs - 1))
+
+
+class PromptedViTTemplate(SupervisedTemplate):
+    """Base Avalanche strategy for prompt methods on a frozen timm ViT.
+
+    Keyword-only arguments (Avalanche wraps ``__init__`` and requires it):
+
+    Args:
+        model: the :class:`PromptedClassifier` to train.
+        lr: base learning rate; ``None`` means ``base_lr * train_mb_size / 256``.
+        base_lr: the rate for a batch of 256 when ``lr`` is ``None``.
+        norm_lr_scale: factor on ``lr`` for the backbone LayerNorms from the
+            second experience on.
+        clip_grad_norm: max global gradient norm (``None`` disables clipping).
+        freeze_old_heads: freeze a head when the next experience starts.
+        lr_schedule: ``"cosine"`` (per iteration, decay to 0 over each experience),
+            ``"constant"``, or ``"epoch_quarter_cosine"`` (CODA-Prompt's reference:
+            constant within an epoch, ``lr * cos(pi/2 * 0.99 * e / (E - 1))`` in
+            epoch ``e`` of ``E``, ending at about 1.6% of ``lr``, not 0).
+        The remaining arguments are ``SupervisedTemplate``'s.
+    """
+
+    def __init__(self, *, model: PromptedClassifier, lr: Optional[float] = None, base_lr: float = 0.005,
+                 norm_lr_scale: float = 0.005, clip_grad_norm: Optional[float] = 1.0, freeze_old_heads: bool = True,
+                 lr_schedule: str = "cosine", train_mb_size: int = 128, train_epochs: int = 10,
+                 eval_mb_size: Optional[int] = None,
+                 device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
+                 **kwargs):
+        if train_mb_size < 1 or train_epochs < 1:
+            raise ValueError(f"train_mb_size and train_epochs must be >= 1, got {train_mb_size}, {train_epochs}")
+        self.lr = float(lr) if lr is not None else base_lr * train_mb_size / 256
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
+        self.norm_lr_scale = norm_lr_scale
+        self.clip_grad_norm = clip_grad_norm
+        self.freeze_old_heads = freeze_old_heads
+        self.scheduler: Optional[CosineAnnealingLR] = None
+        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        # Avalanche wants an optimiser now; the real one is built per experience in make_optimizer
+        placeholder = torch.optim.Adam([p for p in model.parameters() if p.requires_grad] or
+                                       [nn.Parameter(torch.zeros(1))], lr=self.lr)
+        super().__init__(model=model, optimizer=placeholder, criterion=nn.CrossEntropyLoss(),
+                         train_mb_size=train_mb_size, train_epochs=train_epochs,
+                         eval_mb_size=eval_mb_size or train_mb_size, device=device, plugins=plugins,
+                         evaluator=evaluator, eval_every=eval_every, **kwargs)
+
+    # ------------------------------------------------------------- bookkeeping
+    @property
+    def net(self) -> PromptedClassifier:
+        return unwrap(self.model)
+
+    @property
+    def task_index(self) -> int:
+        """Index of the experience being (or last) trained: number of heads minus one."""
+        return len(self.net.heads) - 1
+
+    def current_classes(self) -> Tensor:
+        return self.net.heads.heads[-1].class_ids
+
+    def train(self, experiences, eval_streams=None, **kwargs):
+        """Avalanche's ``train``; with ``eval_every >= 0`` the evaluation Avalanche runs before
+        training is skipped while the model has no head yet (there is nothing to evaluate)."""
+        peval = next((p for p in self.plugins if type(p).__name__ == "PeriodicEval"), None)
+        skip_initial = peval is not None and peval.do_initial and len(self.net.heads) == 0
+        if skip_initial:
+            peval.do_initial = False
+        try:
+            return super().train(experiences, eval_streams, **kwargs)
+        finally:
+            if skip_initial:
+                peval.do_initial = True
+
+    # ------------------------------------------------------- input validation
+    def _before_train_dataset_adaptation(self, **kwargs):
+        """Check the experience before any plugin or growth touches the model: nothing half-grown on bad input."""
+        if self.is_training:
+            self.check_experience()
+        super()._before_train_dataset_adaptation(**kwargs)
+
+    def check_experience(self) -> None:
+        """Clear errors for an experience this class-incremental strategy cannot learn."""
+        experience = self.experience
+        index = experience.current_experience
+        if len(experience.dataset) == 0:
+            raise ValueError(f"experience {index} has no training samples")
+        classes = sorted(int(c) for c in self.new_classes())
+        if not classes:
+            raise ValueError(f"experience {index} has no classes")
+        if classes[0] < 0:
+            raise ValueError(f"experience {index} has negative class ids {[c for c in classes if c < 0]}")
+        repeated = sorted(set(classes) & set(self.net.heads.seen_classes))
+        if repeated:
+            raise ValueError(
+                f"experience {index}: classes {repeated} were already learned in an earlier experience; "
+                "this class-incremental method expects every experience to bring new classes")
+
+    # ----------------------------------------------------------- model growth
+    def model_adaptation(self, model=None):
+        """While training: add the head for this experience's classes."""
+        model = model if model is not None else self.model
+        if self.is_training:
+            net = unwrap(model)
+            net.heads.add_head(self.new_classes())          # check_experience has vetted them
+            if not self.freeze_old_heads:
+                net.heads.requires_grad_(True)
+            self.grow_prompts(net)
+            net.task_hint = len(net.heads) - 1
+        return model.to(self.device)
+
+    def new_classes(self) -> List[int]:
+        """Classes of the head added for this experience."""
+        return list(self.experience.classes_in_this_experience)
+
+    def grow_prompts(self, net: PromptedClassifier) -> None:
+        """Give a growing prompt module its share for the new experience."""
+        grow = getattr(net.prompt_module, "grow", None)
+        if grow is not None:
+            grow()
+
+    # -------------------------------------------------------------- optimiser
+    def trainable_groups(self) -> List[Dict]:
+        """Parameter groups (``{'params': [...], 'lr': ...}``) for this experience."""
+        raise NotImplementedError
+
+    def make_optimizer(self, **kwargs):
+        """Fresh Adam and cosine schedule for this experience (called after model growth).
+
+        Gradients left from the previous experience are dropped first: frozen
+        parameters leave the optimiser, so nothing else would ever clear them.
+        """
+        self.model.zero_grad(set_to_none=True)
+        groups = [g for g in self.trainable_groups() if g["params"]]
+        self.optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=0.0)
+        per_epoch = max(1, len(self.dataloader)) if self.dataloader else 1
+        if self.lr_schedule == "cosine":
+            self.scheduler = CosineAnnealingLR(self.optimizer, T_max=self.train_epochs * per_epoch, eta_min=0.0)
+        elif self.lr_schedule == "epoch_quarter_cosine":     # stepped per iteration, constant within an epoch
+            epochs = self.train_epochs
+            self.scheduler = LambdaLR(self.optimizer, lambda step: epoch_quarter_cosine(step // per_epoch, epochs))
+        else:
+            self.scheduler = LambdaLR(self.optimizer, lambda step: 1.0)
+
+    def check_model_and_optimizer(self, reset_optimizer_state=False, **kwargs):
+        self.model = self.model_adaptation()
+        self.make_optimizer(**kwargs)
+
+    def norm_lr(self) -> float:
+        return self.lr if self.task_index == 0 else self.lr * self.norm_lr_scale
+
+    def backward(self):
+        """Refuse to step on a NaN or infinite loss: stop with where it happened.
+
+        Nothing has been changed by that batch yet, and checkpoints are only
+        written after evaluated experiences, so the last one stays intact.
+        (One host synchronisation per iteration: negligible next to a ViT step.)
+        """
+        loss = self.loss.detach()
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(
+                f"the training loss became {float(loss)} in experience {self.experience.current_experience}, "
+                f"epoch {self.clock.train_exp_epochs}, iteration {self.clock.train_epoch_iterations}; training "
+                "stopped before the update (lower the learning rate or check the inputs); the last checkpoint, "
+                "if any, is intact")
+        super().backward()
+
+    def optimizer_step(self):
+        if self.clip_grad_norm is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def eval_epoch(self, **kwargs):
+        """Avalanche's evaluation loop; prompt pools convolve once for the whole pass."""
+        pool = self.net.prompt_module
+        if pool is None or not hasattr(pool, "reuse_generator_outputs"):
+            return super().eval_epoch(**kwargs)
+        with pool.reuse_generator_outputs():
+            return super().eval_epoch(**kwargs)
+
+    # ----------------------------------------------------------------- losses
+    def forward(self):
+        return self.model(self.mb_x)
+
+    def training_loss(self) -> Tensor:
+        raise NotImplementedError
+
+    def criterion(self) -> Tensor:
+        if self.is_training:
+            return self.training_loss()
+        return self.eval_loss()
+
+    def eval_loss(self) -> Tensor:
+        """Cross-entropy over seen classes, on the samples whose class was seen."""
+        seen = torch.as_tensor(self.net.heads.seen_classes, device=self.mb_output.device)
+        known = torch.isin(self.mb_y, seen)
+        if not bool(known.any()):
+            return self.mb_output.new_zeros(())
+        logits = self.mb_output[known][:, seen]
+        return F.cross_entropy(logits, label_positions(self.mb_y[known], seen))
+
+    def matching_loss(self) -> Tensor:
+        """The key-query matching loss of the last forward's prompt plan (0 without one)."""
+        plan = self.net.last_plan
+        if plan is None or plan.matching_loss is None:
+            return self.mb_output.new_zeros(())
+        return plan.matching_loss
+
+    def masked_cross_entropy(self, class_ids: Tensor) -> Tensor:
+        """Cross-entropy over the logits of ``class_ids`` only."""
+        logits = self.mb_output[:, class_ids.to(self.mb_output.device)]
+        try:
+            targets = label_positions(self.mb_y, class_ids.to(self.mb_y.device))
+        except ValueError as err:
+            raise ValueError(
+                f"experience {self.experience.current_experience}, iteration {self.clock.train_epoch_iterations}: "
+                f"{err}") from err
+        return F.cross_entropy(logits, targets)
+
+
+class QueryPromptTemplate(PromptedViTTemplate):
+    """What L2P, DualPrompt and CODA-Prompt share: a query-based prompt module over a fully frozen ViT.
+
+    Builds the network as their papers do (backbone frozen, LayerNorms
+    included; one plain linear head per experience) around the module
+    ``make_prompt_module(vit)`` returns. Trains the module's
+    ``trainable_parameters()`` and the newest head at ``lr``; the loss is
+    cross-entropy over the current experience's classes plus
+    ``matching_weight`` x the prompt plan's key-matching loss plus
+    :meth:`extra_loss`. Other arguments are :class:`PromptedViTTemplate`'s.
+    """
+
+    def __init__(self, *, backbone: Union[str, VisionTransformer], pretrained: bool,
+                 make_prompt_module: Callable[[PromptedViT], nn.Module], normalize_inputs: bool = False,
+                 matching_weight: float = 0.0, **template_kwargs):
+        model = build_prompted_classifier(backbone, pretrained, make_prompt_module, normalize_inputs=normalize_inputs,
+                                          train_norms=False, head_norm=False)
+        self.matching_weight = matching_weight
+        super().__init__(model=model, **template_kwargs)
+
+    @property
+    def prompt_pool(self):
+        return self.net.prompt_module
+
+    def trainable_groups(self) -> List[Dict]:
+        return [{"params": self.prompt_pool.trainable_parameters(), "lr": self.lr},
+                {"params": list(self.net.heads.heads[-1].parameters()), "lr": self.lr}]
+
+    def extra_loss(self) -> Optional[Tensor]:
+        """A method's own regulariser (``None``: none)."""
+        return None
+
+    def training_loss(self) -> Tensor:
+        loss = self.masked_cross_entropy(self.current_classes())
+        if self.matching_weight:
+            loss = loss + self.matching_weight * self.matching_loss()
+        extra = self.extra_loss()
+        return loss if extra is None else loss + extra

@@ -1,0 +1,118 @@
+"""The network a prompt strategy trains: frozen prompted ViT, prompt module, heads.
+
+``PromptedClassifier(x)`` = ``heads(backbone(x, prompts))``: logits indexed by
+class id. The backbone stays frozen except, when ``train_norms`` (ConvPrompt's
+recipe), its LayerNorms (each block's ``norm1``/``norm2`` and the final ``norm``).
+
+``prompt_module`` is one of
+
+* a one-pass module (``needs_query = False``, e.g.
+  :class:`~avalanche_convprompt.methods.convprompt.prompt_pool.ConvPromptPool`):
+  ``prompter()`` gives a callable that each prompted block asks for its
+  prefixes, queried by the class token inside the pass;
+* a query-based module (``needs_query = True``: L2P, DualPrompt, CODA-Prompt):
+  a first, gradient-free pass of the unprompted backbone gives the query
+  ``q(x)``, then the prompted pass runs;
+* ``None``: no prompts (the fine-tuning and joint-training bounds).
+
+The :class:`~avalanche_convprompt.models.prompt_plan.PromptPlan` of the last forward
+is kept in :attr:`PromptedClassifier.last_plan` so a strategy can add its
+matching loss.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .heads import TaskHeads
+from .prompted_vit import PromptedViT
+
+
+class PromptedClassifier(nn.Module):
+    """Frozen prompted ViT + optional prompt module + one head per experience.
+
+    Args:
+        backbone: the prompted ViT.
+        prompt_module: gives a prompter per forward pass, or ``None``.
+        input_mean, input_std: when given, inputs are normalised with them
+            inside the model (e.g. the statistics the timm weights expect).
+    """
+
+    def __init__(self, backbone: PromptedViT, prompt_module: Optional[nn.Module] = None,
+                 input_mean: Optional[Sequence[float]] = None, input_std: Optional[Sequence[float]] = None,
+                 train_norms: bool = True, head_norm: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.prompt_module = prompt_module
+        self.train_norms = train_norms
+        self.heads = TaskHeads(backbone.embed_dim, norm=head_norm)
+        self.last_plan = None
+        self.task_hint: Optional[int] = None
+        if (input_mean is None) != (input_std is None):
+            raise ValueError("give both input_mean and input_std, or neither")
+        if input_mean is not None:
+            self.register_buffer("input_mean", torch.tensor(input_mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("input_std", torch.tensor(input_std, dtype=torch.float32).view(1, -1, 1, 1))
+        else:
+            self.input_mean = self.input_std = None
+        self.freeze_backbone()
+
+    def trainable_norms(self) -> List[nn.Module]:
+        """Each block's ``norm1`` and ``norm2`` and the final ``norm``."""
+        vit = self.backbone.vit
+        norms = [m for blk in vit.blocks for m in (blk.norm1, blk.norm2)]
+        if any(True for _ in vit.norm.parameters()):
+            norms.append(vit.norm)
+        return norms
+
+    def norm_parameters(self) -> List[nn.Parameter]:
+        """The LayerNorm parameters the recipe trains (empty when ``train_norms`` is off)."""
+        if not self.train_norms:
+            return []
+        return [p for m in self.trainable_norms() for p in m.parameters()]
+
+    def freeze_backbone(self) -> None:
+        """Freeze every backbone weight except the trainable LayerNorms."""
+        self.backbone.requires_grad_(False)
+        for p in self.norm_parameters():
+            p.requires_grad_(True)
+
+    def query(self, x: Tensor) -> Tensor:
+        """``(B, C)`` pooled feature of the unprompted backbone, without gradient."""
+        with torch.no_grad():
+            return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_mean is not None:
+            x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
+        module = self.prompt_module
+        self.last_plan = None
+        if module is None or not module.ready:
+            return self.heads(self.backbone(x))
+        if getattr(module, "needs_query", False):
+            plan = module.prompter(self.query(x), task=self.task_hint if self.training else None)
+            self.last_plan = plan
+            features = self.backbone(x, plan if plan.prefixes else None, prepend=plan.prepend)
+        else:
+            features = self.backbone(x, module.prompter())
+        return self.heads(features)
+
+    def parameter_breakdown(self) -> Dict[str, int]:
+        """Learnable parameters by part, old (frozen) generators and heads included.
+
+        Counts what the method creates and trains at some point: the frozen
+        backbone weights are not counted, its trainable LayerNorms are.
+        """
+        parts: Dict[str, int] = {}
+        pool = self.prompt_module
+        if pool is not None and hasattr(pool, "parameter_breakdown"):
+            parts.update(pool.parameter_breakdown())
+        elif pool is not None:           # a prompt module that does not break its parameters down
+            parts["prompts"] = sum(p.numel() for p in pool.parameters())
+        if self.train_norms:
+            parts["layer_norms"] = sum(p.numel() for p in self.norm_parameters())
+        parts["heads"] = sum(p.numel() for p in self.heads.parameters())
+        parts["total"] = sum(parts.values())
+        return parts

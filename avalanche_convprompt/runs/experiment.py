@@ -1,0 +1,106 @@
+"""The usual continual-learning loop, once: train each experience, test on all seen ones."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from ..evaluation.summary import RunSummary, summarize_run
+from ..plugins.checkpointing import CheckpointPlugin
+from ..plugins.timing import FirstIterationTimer
+from .checkpoint import checkpoint_files, is_main_process, latest_checkpoint, load_checkpoint, restore_strategy
+
+
+def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool = True,
+               num_workers: int = 0, checkpoint_dir: Optional[str] = None, resume: bool = False,
+               keep_checkpoints: int = 2) -> RunSummary:
+    """Train ``strategy`` on every experience of ``benchmark.train_stream`` in turn.
+
+    After experience ``t`` it evaluates on ``test_stream[:t+1]`` (the classes seen
+    so far), which fills row ``t`` of Avalanche's accuracy matrix and feeds its
+    forgetting metrics. Returns the :class:`RunSummary`, with wall time, train
+    time and images/s (the run's first training iteration left out, see
+    :class:`FirstIterationTimer`) and the prompt-allocation history (when the
+    strategy has one) in ``extra``.
+
+    With ``checkpoint_dir`` a checkpoint is written after each evaluated
+    experience (see :mod:`~avalanche_convprompt.runs.checkpoint`); with ``resume``
+    the newest one there is loaded first and the run continues after it. The
+    strategy must be built exactly as for the interrupted run. ``resume``
+    without a checkpoint starts from the beginning.
+
+    A joint-training strategy (``is_joint``) is trained once on the whole
+    training stream and tested once on the whole test stream (no checkpoints:
+    it has a single step).
+    """
+    method = method or type(strategy).__name__
+    progress = progress and is_main_process()      # one progress bar, not one per process
+    started = time.perf_counter()
+    experiences = list(benchmark.train_stream)
+    timer = FirstIterationTimer()
+    strategy.plugins.append(timer)
+    try:
+        if getattr(strategy, "is_joint", False):
+            train_seconds = timer.timed(strategy.train, experiences, eval_streams=[], num_workers=num_workers)
+            strategy.eval(benchmark.test_stream, num_workers=num_workers)
+        else:
+            train_seconds, start, checkpoints = _prepare_checkpoints(strategy, checkpoint_dir, resume,
+                                                                     keep_checkpoints)
+            timing = {"train_seconds": train_seconds}
+            if checkpoints is not None:
+                checkpoints.extra = lambda: dict(timing)
+            bar = tqdm(range(start, len(experiences)), desc=method, unit="exp", disable=not progress,
+                       initial=start, total=len(experiences))
+            for t in bar:
+                timing["train_seconds"] += timer.timed(strategy.train, experiences[t], eval_streams=[],
+                                                       num_workers=num_workers)
+                metrics = strategy.eval(benchmark.test_stream[: t + 1], num_workers=num_workers)
+                if checkpoints is not None:
+                    checkpoints.flush(strategy)
+                accuracy = metrics.get("Top1_Acc_Stream/eval_phase/test_stream/Task000")
+                if accuracy is not None:
+                    bar.set_postfix(seen_acc=f"{100 * accuracy:.1f}%")
+            train_seconds = timing["train_seconds"]
+    finally:
+        strategy.plugins.remove(timer)
+    train_images = strategy.train_epochs * sum(len(e.dataset) for e in experiences) - timer.untimed_images
+    summary = summarize_run(strategy, method)
+    summary.extra["wall_seconds"] = round(time.perf_counter() - started, 2)
+    summary.extra["train_seconds"] = round(train_seconds, 2)
+    summary.extra["train_images_per_second"] = round(train_images / max(train_seconds, 1e-9), 2)
+    summary.extra["untimed_warm_up_seconds"] = round(timer.untimed_seconds, 2)
+    expansion = getattr(strategy, "expansion", None)
+    if expansion is not None:
+        summary.extra["allocation"] = [
+            {"experience": a.experience, "generators": a.generators, "classes": a.classes, **a.info}
+            for a in expansion.history]
+    return summary
+
+
+def _prepare_checkpoints(strategy, directory: Optional[str], resume: bool, keep: int):
+    """``(train_seconds_so_far, first_experience, plugin)``: resumes from the newest checkpoint if asked."""
+    if directory is None:
+        if resume:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        return 0.0, 0, None
+
+    plugin = next((p for p in strategy.plugins if isinstance(p, CheckpointPlugin)), None)
+    if plugin is None:
+        plugin = CheckpointPlugin(directory, keep=keep)
+        strategy.plugins.insert(0, plugin)      # before the evaluator, whose callbacks then see a saved state
+    if not resume:                              # a fresh run: checkpoints of an earlier one must not mix in
+        if is_main_process():
+            for stale in checkpoint_files(directory):
+                os.remove(stale)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        return 0.0, 0, plugin
+    path = latest_checkpoint(directory)
+    if path is None:
+        return 0.0, 0, plugin
+    state = load_checkpoint(path)
+    completed = restore_strategy(strategy, state)
+    return float(state["extra"].get("train_seconds", 0.0)), completed, plugin
