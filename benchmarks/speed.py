@@ -39,8 +39,8 @@ import statistics
 import sys
 import time
 import warnings
-from contextlib import ExitStack
-from typing import Callable, Dict, List
+from contextlib import ExitStack, nullcontext
+from typing import Callable, ContextManager, Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +74,13 @@ def build(backbone: str, generators: int, num_classes: int, device) -> PromptedC
     return model.to(device)
 
 
-def training_step_fn(model: PromptedClassifier, x, y, drift_penalty=0.01) -> Callable[[], None]:
-    """One optimisation step over what the strategy would train (see module docstring)."""
+def training_step_fn(model: PromptedClassifier, x, y, drift_penalty=0.01,
+                     autocast: Callable[[], ContextManager] = nullcontext) -> Callable[[], None]:
+    """One optimisation step over what the strategy would train (see module docstring).
+
+    ``autocast`` makes the context the forward and the loss run in (e.g. bf16
+    ``torch.autocast``); backward, clipping and the optimiser step stay outside it.
+    """
     pool = model.prompt_module
     params = [p for p in model.parameters() if p.requires_grad]
     if pool is not None:     # old generators and keys are frozen, exactly as in the strategy
@@ -87,10 +92,12 @@ def training_step_fn(model: PromptedClassifier, x, y, drift_penalty=0.01) -> Cal
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        logits = model(x)[:, class_ids]
-        loss = F.cross_entropy(logits, y)
-        if anchors:
-            loss = loss + drift_penalty * sum((p - a).abs().sum() for p, a in zip(pool.shared_parameters(), anchors))
+        with autocast():
+            logits = model(x)[:, class_ids]
+            loss = F.cross_entropy(logits, y)
+            if anchors:
+                loss = loss + drift_penalty * sum((p - a).abs().sum()
+                                                  for p, a in zip(pool.shared_parameters(), anchors))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -167,13 +174,15 @@ def measure(fns: Dict[str, Callable[[], None]], rounds: int, device, desc: str) 
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device):
+def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device,
+                    autocast: Callable[[], ContextManager] = nullcontext):
     """Training-step and eval-forward closures for one method grown to ``tasks`` tasks.
 
     The step is the strategy's own: its optimiser over its ``trainable_groups()``
     (built by its ``make_optimizer``), its ``training_loss()`` on the batch, its
     ``optimizer_step()`` (clipping and schedule); so any registered method is
-    measured exactly as it trains, with no per-method code here.
+    measured exactly as it trains, with no per-method code here. ``autocast``:
+    as in :func:`training_step_fn` (the training step's forward and loss only).
     """
     from avalanche_convprompt.methods import build_strategy
     from avalanche_convprompt.models.prompted_vit import resolve_backbone
@@ -193,8 +202,9 @@ def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device):
 
     def train_step():
         strategy.optimizer.zero_grad(set_to_none=True)
-        strategy.mb_output = strategy.forward()
-        strategy.loss = strategy.training_loss()
+        with autocast():
+            strategy.mb_output = strategy.forward()
+            strategy.loss = strategy.training_loss()
         strategy.loss.backward()
         strategy.optimizer_step()
 
@@ -250,10 +260,15 @@ def format_methods_markdown(r: Dict) -> str:
 
 
 def write_result(result: Dict, path: str) -> None:
+    write_text(json.dumps(result, indent=2), path)
+
+
+def write_text(text: str, path: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
 
 
