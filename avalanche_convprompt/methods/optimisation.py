@@ -85,12 +85,17 @@ def first_optimizer(provisional_params: Sequence[torch.nn.Parameter], lr: float,
     return built
 
 
-def optimizer_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The rate a user's optimiser was built with (its ``defaults['lr']``)."""
-    lr = optimizer.defaults.get("lr", optimizer.param_groups[0].get("lr"))
-    if lr is None:
-        raise ValueError(f"{type(optimizer).__name__} has no learning rate; pass lr=")
-    return float(lr)
+def resolve_lr(lr: Optional[float], batch_scaled_lr: float, optimizer: Optional[torch.optim.Optimizer]) -> float:
+    """``lr``, else the rate a user's ``optimizer`` was built with (its ``defaults['lr']``), else the scaled default."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return float(lr) if lr is not None else batch_scaled_lr
+    built_with = optimizer.defaults.get("lr", optimizer.param_groups[0].get("lr"))
+    if built_with is None:
+        raise ValueError(f"{type(optimizer).__name__} has no learning rate; build it with lr=")
+    if lr is not None and float(lr) != float(built_with):
+        raise ValueError(f"lr={lr} differs from the optimizer's rate {float(built_with)}; pass the learning rate "
+                         "once (in the optimizer, or as lr= with optimizer_factory)")
+    return float(built_with)
 
 
 def schedule_plugins(plugins: Iterable) -> List[LRSchedulerPlugin]:

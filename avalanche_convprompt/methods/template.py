@@ -38,7 +38,7 @@ from ..models.heads import label_positions
 from ..models.prompted_vit import PromptedViT, input_statistics, resolve_backbone
 from ..runs.distributed import unwrap
 from .optimisation import (LR_SCHEDULES, OptimizerFactory, SchedulerFactory, check_schedule_owner,
-                           experience_schedule, first_optimizer, install_groups, optimizer_lr)
+                           experience_schedule, first_optimizer, install_groups, resolve_lr)
 from .optimisation import epoch_quarter_cosine  # noqa: F401  (public here since 0.1)
 
 
@@ -118,13 +118,7 @@ class PromptedViTTemplate(SupervisedTemplate):
             raise ValueError(f"train_mb_size and train_epochs must be >= 1, got {train_mb_size}, {train_epochs}")
         if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
-        if isinstance(optimizer, torch.optim.Optimizer) and lr is not None and float(lr) != optimizer_lr(optimizer):
-            raise ValueError(f"lr={lr} differs from the optimizer's rate {optimizer_lr(optimizer)}; pass the "
-                             "learning rate once (in the optimizer, or as lr= with optimizer_factory)")
-        if isinstance(optimizer, torch.optim.Optimizer) and optimizer_factory is None:
-            self.lr = optimizer_lr(optimizer)
-        else:
-            self.lr = float(lr) if lr is not None else base_lr * train_mb_size / 256
+        self.lr = resolve_lr(lr, base_lr * train_mb_size / 256, optimizer if optimizer_factory is None else None)
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         self._lr_schedule_given = lr_schedule
