@@ -8,10 +8,13 @@
 * grows the prompt module (``prompt_module.grow()``) for each new experience
   when it has one (DualPrompt, CODA-Prompt; ConvPrompt's pool is grown by its
   expansion plugin earlier);
-* re-creates Adam at every experience over the parameter groups the subclass
-  names, with a cosine decay to 0 over the experience's iterations
-  (``torch.optim.lr_scheduler.CosineAnnealingLR``), a constant rate, or
-  CODA-Prompt's per-epoch quarter cosine, and gradient clipping;
+* keeps one optimiser (Adam by default, or the user's) and, at every
+  experience, fills it with the parameter groups the subclass names and empties
+  its state; the schedule is a cosine decay to 0 over the experience's
+  iterations, a constant rate, CODA-Prompt's per-epoch quarter cosine, the
+  user's ``scheduler_factory`` or an Avalanche ``LRSchedulerPlugin``
+  (:mod:`~avalanche_convprompt.methods.optimisation` has the rule); gradients
+  are clipped;
 * gives the backbone's LayerNorms ``norm_lr_scale x lr`` from the second
   experience on;
 * evaluates over all classes seen so far; labels of classes not trained yet
@@ -21,7 +24,6 @@ Subclasses provide :meth:`trainable_groups` and :meth:`training_loss`.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -30,12 +32,14 @@ from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
 
 from ..models.classifier import PromptedClassifier
 from ..models.heads import label_positions
 from ..models.prompted_vit import PromptedViT, input_statistics, resolve_backbone
 from ..runs.distributed import unwrap
+from .optimisation import (LR_SCHEDULES, OptimizerFactory, SchedulerFactory, check_schedule_owner,
+                           experience_schedule, first_optimizer, install_groups, resolve_lr)
+from .optimisation import epoch_quarter_cosine  # noqa: F401  (public here since 0.1)
 
 
 def build_prompted_classifier(backbone: Union[str, VisionTransformer], pretrained: bool,
@@ -57,16 +61,6 @@ def build_prompted_classifier(backbone: Union[str, VisionTransformer], pretraine
                               head_norm=head_norm)
 
 
-LR_SCHEDULES = ("cosine", "constant", "epoch_quarter_cosine")
-
-
-def epoch_quarter_cosine(epoch: int, epochs: int) -> float:
-    """Factor on the rate in ``epoch`` (0-based) of ``epochs``: ``cos(pi/2 * 0.99 * epoch / (epochs - 1))``."""
-    if epochs <= 1:
-        return 1.0
-    return math.cos(math.pi / 2 * 0.99 * min(epoch, epochs - 1) / (epochs - 1))
-
-
 class PromptedViTTemplate(SupervisedTemplate):
     """Base Avalanche strategy for prompt methods on a frozen timm ViT.
 
@@ -74,45 +68,75 @@ class PromptedViTTemplate(SupervisedTemplate):
 
     Args:
         model: the :class:`PromptedClassifier` to train.
-        lr: base learning rate; ``None`` means ``base_lr * train_mb_size / 256``.
-        base_lr: the rate for a batch of 256 when ``lr`` is ``None``.
+        lr: base learning rate; ``None`` means ``base_lr * train_mb_size / 256``
+            (or the rate ``optimizer`` was built with).
+        base_lr: the rate for a batch of 256 when ``lr`` is ``None`` (ignored
+            with ``optimizer``).
         norm_lr_scale: factor on ``lr`` for the backbone LayerNorms from the
             second experience on.
-        clip_grad_norm: max global gradient norm (``None`` disables clipping).
+        clip_grad_norm: max global gradient norm over the optimised parameters
+            (``None`` disables clipping).
         freeze_old_heads: freeze a head when the next experience starts.
         lr_schedule: ``"cosine"`` (per iteration, decay to 0 over each experience),
             ``"constant"``, or ``"epoch_quarter_cosine"`` (CODA-Prompt's reference:
             constant within an epoch, ``lr * cos(pi/2 * 0.99 * e / (E - 1))`` in
-            epoch ``e`` of ``E``, ending at about 1.6% of ``lr``, not 0).
-        The remaining arguments are ``SupervisedTemplate``'s.
+            epoch ``e`` of ``E``, ending at about 1.6% of ``lr``, not 0);
+            ``None``: the method's default (:attr:`default_lr_schedule`).
+        optimizer: a ``torch.optim.Optimizer`` to train with, as Avalanche
+            scripts pass it (built on any parameters: its groups are replaced by
+            the strategy's at every experience; its class and hyperparameters,
+            rate included, are kept). It becomes ``strategy.optimizer``.
+        optimizer_factory: ``callable(param_groups) -> Optimizer`` replacing the
+            built-in Adam, e.g. ``lambda groups: torch.optim.SGD(groups, momentum=0.9)``;
+            called once with a provisional group that carries ``lr``. The rates
+            always come from the groups (``lr``, ``norm_lr_scale``).
+        scheduler_factory: ``callable(optimizer, iterations, epochs) -> scheduler``
+            replacing the built-in schedule: built at every experience
+            (``iterations`` = updates in the experience) and stepped after every
+            update.
+        The remaining arguments are ``SupervisedTemplate``'s; an Avalanche
+        ``LRSchedulerPlugin`` in ``plugins`` (or added later), built on
+        ``strategy.optimizer`` or on ``optimizer``, owns the schedule instead.
+
+    The rule (one optimiser object for the strategy's life, refilled and with
+    its state emptied at every experience; one owner of the schedule) and the
+    refused combinations are in :mod:`~avalanche_convprompt.methods.optimisation`.
     """
+
+    #: the schedule used when ``lr_schedule`` is not given
+    default_lr_schedule = "cosine"
 
     def __init__(self, *, model: PromptedClassifier, lr: Optional[float] = None, base_lr: float = 0.005,
                  norm_lr_scale: float = 0.005, clip_grad_norm: Optional[float] = 1.0, freeze_old_heads: bool = True,
-                 lr_schedule: str = "cosine", train_mb_size: int = 128, train_epochs: int = 10,
-                 eval_mb_size: Optional[int] = None,
+                 lr_schedule: Optional[str] = None, optimizer: Optional[torch.optim.Optimizer] = None,
+                 optimizer_factory: Optional[OptimizerFactory] = None,
+                 scheduler_factory: Optional[SchedulerFactory] = None,
+                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
         if train_mb_size < 1 or train_epochs < 1:
             raise ValueError(f"train_mb_size and train_epochs must be >= 1, got {train_mb_size}, {train_epochs}")
-        self.lr = float(lr) if lr is not None else base_lr * train_mb_size / 256
+        if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.lr = resolve_lr(lr, base_lr * train_mb_size / 256, optimizer if optimizer_factory is None else None)
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
-        self.lr_schedule = lr_schedule
+        self._lr_schedule_given = lr_schedule
+        self.lr_schedule = lr_schedule if lr_schedule is not None else self.default_lr_schedule
+        self.scheduler_factory = scheduler_factory
         self.norm_lr_scale = norm_lr_scale
         self.clip_grad_norm = clip_grad_norm
         self.freeze_old_heads = freeze_old_heads
-        self.scheduler: Optional[CosineAnnealingLR] = None
+        self.scheduler = None
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        # Avalanche wants an optimiser now; the real one is built per experience in make_optimizer
-        placeholder = torch.optim.Adam([p for p in model.parameters() if p.requires_grad] or
-                                       [nn.Parameter(torch.zeros(1))], lr=self.lr)
-        super().__init__(model=model, optimizer=placeholder, criterion=nn.CrossEntropyLoss(),
+        # Avalanche wants the optimiser now: the same object trains every experience (see make_optimizer)
+        optimizer = first_optimizer([p for p in model.parameters() if p.requires_grad], self.lr,
+                                    optimizer, optimizer_factory)
+        super().__init__(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
                          train_mb_size=train_mb_size, train_epochs=train_epochs,
                          eval_mb_size=eval_mb_size or train_mb_size, device=device, plugins=plugins,
                          evaluator=evaluator, eval_every=eval_every, **kwargs)
+        self.check_schedule_owner()
 
     # ------------------------------------------------------------- bookkeeping
     @property
@@ -130,6 +154,7 @@ class PromptedViTTemplate(SupervisedTemplate):
     def train(self, experiences, eval_streams=None, **kwargs):
         """Avalanche's ``train``; with ``eval_every >= 0`` the evaluation Avalanche runs before
         training is skipped while the model has no head yet (there is nothing to evaluate)."""
+        self.check_schedule_owner()
         peval = next((p for p in self.plugins if type(p).__name__ == "PeriodicEval"), None)
         skip_initial = peval is not None and peval.do_initial and len(self.net.heads) == 0
         if skip_initial:
@@ -192,23 +217,22 @@ class PromptedViTTemplate(SupervisedTemplate):
         """Parameter groups (``{'params': [...], 'lr': ...}``) for this experience."""
         raise NotImplementedError
 
-    def make_optimizer(self, **kwargs):
-        """Fresh Adam and cosine schedule for this experience (called after model growth).
+    def check_schedule_owner(self) -> None:
+        """Refuse two owners of the schedule, or a scheduler bound to an optimiser that does not train."""
+        check_schedule_owner(self.optimizer, self.plugins, self._lr_schedule_given, self.scheduler_factory)
 
-        Gradients left from the previous experience are dropped first: frozen
-        parameters leave the optimiser, so nothing else would ever clear them.
+    def make_optimizer(self, **kwargs):
+        """This experience's groups in the strategy's optimiser, its state emptied, and the schedule.
+
+        Called after model growth. Gradients left from the previous experience
+        are dropped first: frozen parameters leave the optimiser, so nothing
+        else would ever clear them.
         """
         self.model.zero_grad(set_to_none=True)
-        groups = [g for g in self.trainable_groups() if g["params"]]
-        self.optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=0.0)
+        install_groups(self.optimizer, [g for g in self.trainable_groups() if g["params"]], self.plugins)
         per_epoch = max(1, len(self.dataloader)) if self.dataloader else 1
-        if self.lr_schedule == "cosine":
-            self.scheduler = CosineAnnealingLR(self.optimizer, T_max=self.train_epochs * per_epoch, eta_min=0.0)
-        elif self.lr_schedule == "epoch_quarter_cosine":     # stepped per iteration, constant within an epoch
-            epochs = self.train_epochs
-            self.scheduler = LambdaLR(self.optimizer, lambda step: epoch_quarter_cosine(step // per_epoch, epochs))
-        else:
-            self.scheduler = LambdaLR(self.optimizer, lambda step: 1.0)
+        self.scheduler = experience_schedule(self.optimizer, self.plugins, self.lr_schedule, self.scheduler_factory,
+                                             per_epoch, self.train_epochs)
 
     def check_model_and_optimizer(self, reset_optimizer_state=False, **kwargs):
         self.model = self.model_adaptation()
@@ -238,7 +262,8 @@ class PromptedViTTemplate(SupervisedTemplate):
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
+        if self.scheduler is not None:          # None: an LRSchedulerPlugin steps the rate
+            self.scheduler.step()
 
     def eval_epoch(self, **kwargs):
         """Avalanche's evaluation loop; prompt pools convolve once for the whole pass."""

@@ -13,8 +13,11 @@ everything the rest of the run depends on:
   decide the next experience's shuffling and new parameters' initialisation;
 * whatever the caller adds (``extra``: e.g. time spent so far).
 
-Optimiser and schedule need not be saved: every strategy here re-creates them
-at the start of each experience.
+Optimiser and schedule need not be saved: every strategy here empties its
+optimiser's state and restarts its schedule at the start of each experience
+(:mod:`~avalanche_convprompt.methods.optimisation`). The one exception, not
+saved: an ``LRSchedulerPlugin`` built with ``reset_lr=False`` or
+``reset_scheduler=False`` carries its position across experiences.
 
 Safety: files are written to a temporary name, flushed to disk and then
 renamed, so the previous checkpoint stays whole until the new one is
