@@ -2,9 +2,10 @@
 
 :class:`PromptedViTTemplate` is an Avalanche ``SupervisedTemplate`` that
 
-* grows one classifier head per experience from
-  ``experience.classes_in_this_experience`` (any ids, any order), freezing the
-  earlier heads when the subclass asks for it;
+* grows one classifier head per experience from the experience's classes
+  (:func:`~avalanche_convprompt.data.experiences.experience_classes`: its
+  classes timeline, else its dataset's targets; any ids, any order), freezing
+  the earlier heads when the subclass asks for it;
 * grows the prompt module (``prompt_module.grow()``) for each new experience
   when it has one (DualPrompt, CODA-Prompt; ConvPrompt's pool is grown by its
   expansion plugin earlier);
@@ -32,6 +33,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
 
+from ..data.experiences import experience_classes
 from ..models.classifier import PromptedClassifier
 from ..models.heads import label_positions
 from ..models.prompted_vit import PromptedViT, input_statistics, resolve_backbone
@@ -179,7 +181,7 @@ class PromptedViTTemplate(SupervisedTemplate):
 
     def new_classes(self) -> List[int]:
         """Classes of the head added for this experience."""
-        return list(self.experience.classes_in_this_experience)
+        return experience_classes(self.experience)
 
     def grow_prompts(self, net: PromptedClassifier) -> None:
         """Give a growing prompt module its share for the new experience."""

@@ -17,6 +17,7 @@ from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from ...data.experiences import experience_classes
 from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
 from ..template import PromptedViTTemplate, build_prompted_classifier
 
@@ -56,7 +57,7 @@ class JointTraining(PromptedViTTemplate):
         self.adapted_dataset = concat_datasets([e.dataset for e in self._joint_experiences]).train()
 
     def new_classes(self) -> List[int]:
-        return sorted({int(c) for e in self._joint_experiences for c in e.classes_in_this_experience})
+        return sorted({c for e in self._joint_experiences for c in experience_classes(e)})
 
     def trainable_groups(self) -> List[Dict]:
         return [{"params": list(self.net.heads.parameters()), "lr": self.lr},
