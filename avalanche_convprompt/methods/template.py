@@ -2,9 +2,10 @@
 
 :class:`PromptedViTTemplate` is an Avalanche ``SupervisedTemplate`` that
 
-* grows one classifier head per experience from
-  ``experience.classes_in_this_experience`` (any ids, any order), freezing the
-  earlier heads when the subclass asks for it;
+* grows one classifier head per experience from the experience's classes
+  (:func:`~avalanche_convprompt.data.experiences.experience_classes`: its
+  classes timeline, else its dataset's targets; any ids, any order), freezing
+  the earlier heads when the subclass asks for it;
 * grows the prompt module (``prompt_module.grow()``) for each new experience
   when it has one (DualPrompt, CODA-Prompt; ConvPrompt's pool is grown by its
   expansion plugin earlier);
@@ -56,10 +57,31 @@ parameters and (ConvPrompt) the backbone's LayerNorms. A batch without earlier
 classes gives exactly the loss without replay; a label no head owns raises a
 ``ValueError`` that names it.
 
+Class-incremental or task-incremental: the rule
+-----------------------------------------------
+Class-incremental is the default, whatever the stream: task labels are
+ignored, every sample is tested against all classes seen so far, and every
+experience must bring classes not learned before. When a stream's samples
+carry task labels above 0 (``nc_benchmark(..., task_labels=True)``,
+``task_incremental_benchmark``) the strategy says once that it ignores them.
+Task-incremental learning is opted into, never guessed, with
+``task_incremental=True`` (every method takes it): each training experience must
+carry one task label not seen before and gets the head of that task; its class
+ids are local to the task (they may restart at 0 in every experience, as with
+``class_ids_from_zero_in_each_exp=True``). Training is unchanged (the current
+task's head, the method's loss). At test time each sample is classified by the
+head of its own task label (``strategy.mb_task_id``): the output row holds
+that head's logits at its class ids and the lowest value elsewhere, so
+Avalanche's accuracy (``argmax``) picks a class of the sample's task. A sample
+whose task was not trained yet counts as an error (its row's largest logit
+sits in a column past every label of the batch). Prompts are chosen as in the
+class-incremental setting: the task label only picks the head.
+
 Subclasses provide :meth:`trainable_groups` and :meth:`training_loss`.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -69,8 +91,9 @@ from avalanche.training.templates import SupervisedTemplate
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ..data.experiences import describe_experience, experience_classes, experience_task_labels
 from ..models.classifier import PromptedClassifier
-from ..models.heads import label_positions
+from ..models.heads import UNKNOWN_TASK, label_positions
 from ..models.prompted_vit import PromptedViT, input_statistics, resolve_backbone
 from ..runs.distributed import unwrap
 from .optimisation import (LR_SCHEDULES, OptimizerFactory, SchedulerFactory, check_schedule_owner,
@@ -130,6 +153,9 @@ class PromptedViTTemplate(SupervisedTemplate):
             replacing the built-in schedule: built at every experience
             (``iterations`` = updates in the experience) and stepped after every
             update.
+        task_incremental: one head per task label, each sample tested by its
+            own task's head (see the module docstring); ``False``, the default,
+            is class-incremental and ignores task labels.
         The remaining arguments are ``SupervisedTemplate``'s; an Avalanche
         ``LRSchedulerPlugin`` in ``plugins`` (or added later), built on
         ``strategy.optimizer`` or on ``optimizer``, owns the schedule instead.
@@ -146,7 +172,7 @@ class PromptedViTTemplate(SupervisedTemplate):
                  norm_lr_scale: float = 0.005, clip_grad_norm: Optional[float] = 1.0, freeze_old_heads: bool = True,
                  lr_schedule: Optional[str] = None, optimizer: Optional[torch.optim.Optimizer] = None,
                  optimizer_factory: Optional[OptimizerFactory] = None,
-                 scheduler_factory: Optional[SchedulerFactory] = None,
+                 scheduler_factory: Optional[SchedulerFactory] = None, task_incremental: bool = False,
                  train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
@@ -164,6 +190,8 @@ class PromptedViTTemplate(SupervisedTemplate):
         self.clip_grad_norm = clip_grad_norm
         self.freeze_old_heads = freeze_old_heads
         self.scheduler = None
+        model.heads.task_incremental = bool(task_incremental)
+        self._warned_task_labels = False
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         # Avalanche wants the optimiser now: the same object trains every experience (see make_optimizer)
         optimizer = first_optimizer([p for p in model.parameters() if p.requires_grad], self.lr,
@@ -183,6 +211,11 @@ class PromptedViTTemplate(SupervisedTemplate):
     def task_index(self) -> int:
         """Index of the experience being (or last) trained: number of heads minus one."""
         return len(self.net.heads) - 1
+
+    @property
+    def task_incremental(self) -> bool:
+        """Whether each sample is classified by its own task's head (see the module docstring)."""
+        return self.net.heads.task_incremental
 
     def current_classes(self) -> Tensor:
         return self.net.heads.heads[-1].class_ids
@@ -209,7 +242,7 @@ class PromptedViTTemplate(SupervisedTemplate):
         super()._before_train_dataset_adaptation(**kwargs)
 
     def check_experience(self) -> None:
-        """Clear errors for an experience this class-incremental strategy cannot learn."""
+        """Clear errors for an experience this strategy cannot learn (class- or task-incremental)."""
         experience = self.experience
         index = experience.current_experience
         if len(experience.dataset) == 0:
@@ -219,11 +252,57 @@ class PromptedViTTemplate(SupervisedTemplate):
             raise ValueError(f"experience {index} has no classes")
         if classes[0] < 0:
             raise ValueError(f"experience {index} has negative class ids {[c for c in classes if c < 0]}")
+        if self.task_incremental:
+            self.check_task_labels(experience, training=True)
+            return
         repeated = sorted(set(classes) & set(self.net.heads.seen_classes))
         if repeated:
+            tasks = experience_task_labels(experience)
+            hint = (f"; its samples carry task label(s) {tasks}: for a task-incremental stream build the strategy "
+                    "with task_incremental=True" if tasks and max(tasks) > 0 else "")
             raise ValueError(
                 f"experience {index}: classes {repeated} were already learned in an earlier experience; "
-                "this class-incremental method expects every experience to bring new classes")
+                f"this class-incremental method expects every experience to bring new classes{hint}")
+        self.check_task_labels(experience, training=True)
+
+    def check_task_labels(self, experience, training: bool) -> Optional[List[int]]:
+        """The experience's task labels, vetted for this mode; the class-incremental warning, once.
+
+        Task-incremental: clear errors when the samples carry no task labels,
+        and, for training, when the experience mixes several or repeats a
+        trained one. Class-incremental: a single warning per strategy the first
+        time a task label above 0 appears.
+        """
+        tasks = experience_task_labels(experience)
+        where = describe_experience(experience)
+        if not self.task_incremental:
+            if tasks and max(tasks) > 0 and not self._warned_task_labels:
+                self._warned_task_labels = True
+                warnings.warn(
+                    f"{where} carries task label(s) {tasks}, which this class-incremental {type(self).__name__} "
+                    "ignores: every test sample is classified among all classes seen so far. To train and test "
+                    "each task with its own head, build the strategy with task_incremental=True "
+                    "(this warning is given once per strategy)", UserWarning, stacklevel=2)
+            return tasks
+        if tasks is None:
+            raise ValueError(
+                f"{where}: task_incremental=True needs task labels and its dataset has none; build the benchmark "
+                "with task labels (nc_benchmark(..., task_labels=True) or "
+                "avalanche.benchmarks.scenarios.task_aware.task_incremental_benchmark(...))")
+        if training:
+            if len(tasks) != 1:
+                raise ValueError(f"{where} mixes task labels {tasks}; task-incremental training needs one task "
+                                 "label per experience")
+            if tasks[0] in self.net.heads.task_labels:
+                raise ValueError(
+                    f"{where}: task label {tasks[0]} was already learned in an earlier experience; "
+                    "task-incremental mode expects every experience to bring a new task label (a benchmark built "
+                    "without task labels gives every experience task label 0)")
+        return tasks
+
+    def _before_eval_exp(self, **kwargs):
+        self.check_task_labels(self.experience, training=False)
+        super()._before_eval_exp(**kwargs)
 
     # ----------------------------------------------------------- model growth
     def model_adaptation(self, model=None):
@@ -231,7 +310,7 @@ class PromptedViTTemplate(SupervisedTemplate):
         model = model if model is not None else self.model
         if self.is_training:
             net = unwrap(model)
-            net.heads.add_head(self.new_classes())          # check_experience has vetted them
+            net.heads.add_head(self.new_classes(), self.new_task_label())   # check_experience vetted them
             if not self.freeze_old_heads:
                 net.heads.requires_grad_(True)
             self.grow_prompts(net)
@@ -240,7 +319,12 @@ class PromptedViTTemplate(SupervisedTemplate):
 
     def new_classes(self) -> List[int]:
         """Classes of the head added for this experience."""
-        return list(self.experience.classes_in_this_experience)
+        return experience_classes(self.experience)
+
+    def new_task_label(self) -> int:
+        """Task label of the head added for this experience (``UNKNOWN_TASK`` when it has none or several)."""
+        tasks = experience_task_labels(self.experience)
+        return tasks[0] if tasks and len(tasks) == 1 else UNKNOWN_TASK
 
     def grow_prompts(self, net: PromptedClassifier) -> None:
         """Give a growing prompt module its share for the new experience."""
@@ -311,7 +395,22 @@ class PromptedViTTemplate(SupervisedTemplate):
 
     # ----------------------------------------------------------------- losses
     def forward(self):
-        return self.model(self.mb_x)
+        if not self.task_incremental:
+            return self.model(self.mb_x)
+        tasks = self.mb_task_id
+        output = self.model(self.mb_x, task_labels=tasks)
+        return output if self.is_training else self._untrained_tasks_wrong(output, tasks)
+
+    def _untrained_tasks_wrong(self, output: Tensor, tasks: Tensor) -> Tensor:
+        """Rows of tasks without a head (all lowest values) get their largest logit past every label of the batch."""
+        unknown = ~self.net.heads.has_head(tasks.reshape(-1))
+        if not bool(unknown.any()):
+            return output
+        width = max(output.shape[1], int(self.mb_y.max()) + 1)
+        wider = output.new_full((output.shape[0], width + 1), torch.finfo(output.dtype).min)
+        wider[:, :output.shape[1]] = output
+        wider[unknown, width] = 0
+        return wider
 
     def training_loss(self) -> Tensor:
         raise NotImplementedError
@@ -322,7 +421,13 @@ class PromptedViTTemplate(SupervisedTemplate):
         return self.eval_loss()
 
     def eval_loss(self) -> Tensor:
-        """Cross-entropy over seen classes, on the samples whose class was seen."""
+        """Cross-entropy over seen classes, on the samples whose class was seen.
+
+        Task-incremental: over each sample's own task's classes, on the samples
+        of trained tasks whose class belongs to their task.
+        """
+        if self.task_incremental:
+            return self.task_cross_entropy(strict=False)
         seen = torch.as_tensor(self.net.heads.seen_classes, device=self.mb_output.device)
         known = torch.isin(self.mb_y, seen)
         if not bool(known.any()):
@@ -357,15 +462,50 @@ class PromptedViTTemplate(SupervisedTemplate):
         return self.masked_cross_entropy(torch.as_tensor(self.net.heads.seen_classes, device=self.mb_y.device))
 
     def masked_cross_entropy(self, class_ids: Tensor) -> Tensor:
-        """Cross-entropy over the logits of ``class_ids`` only."""
-        logits = self.mb_output[:, class_ids.to(self.mb_output.device)]
+        """Cross-entropy over the logits of ``class_ids`` only.
+
+        Task-incremental: over each sample's own task's classes (``class_ids``
+        unused), which for a batch of the current task is the same thing.
+        """
         try:
+            if self.task_incremental:
+                return self.task_cross_entropy(strict=True)
+            logits = self.mb_output[:, class_ids.to(self.mb_output.device)]
             targets = label_positions(self.mb_y, class_ids.to(self.mb_y.device))
         except ValueError as err:
             raise ValueError(
                 f"experience {self.experience.current_experience}, iteration {self.clock.train_epoch_iterations}: "
                 f"{err}") from err
         return F.cross_entropy(logits, targets)
+
+    def task_cross_entropy(self, strict: bool) -> Tensor:
+        """Mean over samples of the cross-entropy over the classes of each sample's own task's head.
+
+        ``strict`` (training): a sample of a task without a head, or whose label
+        is not among its task's classes, is an error. Otherwise (evaluation)
+        such samples are left out.
+        """
+        tasks = self.mb_task_id.reshape(-1).tolist()
+        parts = []
+        for head in self.net.heads.heads:
+            rows = [i for i, t in enumerate(tasks) if t == head.task]
+            if not rows:
+                continue
+            index = slice(None) if len(rows) == len(tasks) else torch.as_tensor(rows, device=self.mb_y.device)
+            labels, logits = self.mb_y[index], self.mb_output[index][:, head.class_ids]
+            if not strict:
+                keep = torch.isin(labels, head.class_ids)
+                labels, logits = labels[keep], logits[keep]
+            if labels.numel():
+                parts.append((logits, label_positions(labels, head.class_ids)))
+        if strict and sum(len(p[1]) for p in parts) != len(tasks):
+            missing = sorted(set(tasks) - set(self.net.heads.task_labels))
+            raise ValueError(f"samples of task label(s) {missing}, which have no head")
+        if len(parts) == 1:
+            return F.cross_entropy(*parts[0])
+        if not parts:
+            return self.mb_output.new_zeros(())
+        return sum(F.cross_entropy(*p, reduction="sum") for p in parts) / sum(len(p[1]) for p in parts)
 
 
 class QueryPromptTemplate(PromptedViTTemplate):
