@@ -16,6 +16,7 @@ from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dat
 from avalanche.evaluation.metrics import (accuracy_metrics, bwt_metrics, confusion_matrix_metrics,
                                           forgetting_metrics, loss_metrics, ram_usage_metrics, timing_metrics)
 from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger, TextLogger
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EarlyStoppingPlugin, EvaluationPlugin
 
 from avalanche_convprompt import CodaPrompt, ConvPrompt, DualPrompt, JointTraining, L2P, SequentialFineTuning
@@ -137,3 +138,44 @@ def test_a_plain_tensor_dataset_stream_is_learned_above_chance():
         strategy.train(experience)
         metrics = strategy.eval(bm.test_stream[: t + 1])
     assert metric(metrics, "Top1_Acc_Stream/eval_phase/test_stream") > 0.5
+
+
+# ------------------------------------------------------------------ the features of issue 11, combined
+def uint8_split(per_class, seed):
+    """Two datasets of uint8 images without a classes timeline (benchmark_from_datasets), classes 0-1 then 2-3."""
+    from avalanche.benchmarks.utils import as_classification_dataset
+    from conftest import TargetedDataset
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(4, 3, 32, 32, generator=g)
+    out = []
+    for classes in ([0, 1], [2, 3]):
+        y = torch.as_tensor(classes).repeat_interleave(per_class)
+        x = (protos[y] + 0.2 * torch.randn(len(y), 3, 32, 32, generator=g)).clamp(0, 1)
+        out.append(as_classification_dataset(TargetedDataset((x * 255).round().to(torch.uint8), y)))
+    return out
+
+
+@pytest.mark.parametrize("method", CONTINUAL, ids=lambda m: m.__name__)
+def test_replay_a_step_schedule_and_uint8_images_from_benchmark_from_datasets(method):
+    """What a user's Avalanche script combines: ``benchmark_from_datasets`` (no classes timeline), uint8
+    images, ``ReplayPlugin`` and ``LRSchedulerPlugin(StepLR(strategy.optimizer))``, in the naive.py loop."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.training.plugins import LRSchedulerPlugin, ReplayPlugin
+    from torch.optim.lr_scheduler import StepLR
+
+    bm = benchmark_from_datasets(train=uint8_split(8, 0), test=uint8_split(4, 1))
+    strategy = build(method, default_cl_evaluator(loggers=[]), train_epochs=2, plugins=[ReplayPlugin(mem_size=8)])
+    strategy.plugins.append(LRSchedulerPlugin(StepLR(strategy.optimizer, step_size=1, gamma=0.1)))
+    rates = []
+
+    class Rates(SupervisedPlugin):
+        def before_training_epoch(self, strategy, **kwargs):
+            rates.append(strategy.optimizer.param_groups[0]["lr"])
+
+    strategy.plugins.append(Rates())
+    for t, experience in enumerate(bm.train_stream):
+        strategy.train(experience)
+        strategy.eval(bm.test_stream[: t + 1])
+    assert rates == pytest.approx([0.01, 0.001, 0.01, 0.001])           # the plugin's schedule, every experience
+    assert [sorted(h.classes) for h in strategy.net.heads.heads] == [[0, 1], [2, 3]]
+    assert len(summarize_run(strategy).accuracy_matrix) == 2
