@@ -23,9 +23,6 @@ from avalanche_convprompt.runs.checkpoint import CheckpointError
 from conftest import blob_datasets, tiny_vit
 from test_baselines import TINY
 
-# Avalanche 0.6's own ReplayPlugin calls its storage policy's deprecated update(); nothing to act on here
-pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated function update:DeprecationWarning")
-
 SIZES = {**TINY, ConvPrompt: dict(prompt_layers=(0, 1), prompt_length=4, kernel_size=3, generators_per_task=2),
          SequentialFineTuning: {}}
 PROMPT_METHODS = [ConvPrompt, L2P, DualPrompt, CodaPrompt]
