@@ -77,6 +77,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from tqdm import tqdm
 
+from avalanche_convprompt.data.experiences import experience_classes
 from avalanche_convprompt.data.streams import STREAM_NAMES, make_stream
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.methods import (CONVPROMPT_BACKBONE, METHODS, PROTOCOLS, build_strategy, get_method,
@@ -270,8 +271,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
                    if args.protocol == "reference" else f"{args.protocol} protocol of this project",
                    "experiences": len(stream.benchmark.train_stream), "device": args.device,
                    "processes": world, "per_process_batch": batch // world,
-                   "classes_per_experience": [sorted(int(c) for c in e.classes_in_this_experience)
-                                              for e in stream.benchmark.train_stream],
+                   "classes_per_experience": [experience_classes(e) for e in stream.benchmark.train_stream],
                    "torch": torch.__version__, "python": platform.python_version(),
                    "threads": torch.get_num_threads()},
     }

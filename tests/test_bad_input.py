@@ -1,5 +1,7 @@
 """Bad input gets a clear error, and nothing is lost: one test per row of the README's table."""
 import os
+import re
+import warnings
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from avalanche_convprompt import ConvPrompt, DualPrompt, L2P
 from avalanche_convprompt.runs.checkpoint import checkpoint_files, load_checkpoint
 from avalanche_convprompt.methods.convprompt.prompt_pool import ConvPromptPool
 from avalanche_convprompt.evaluation import default_cl_evaluator
+from avalanche_convprompt.models.classifier import InputRangeWarning
 from avalanche_convprompt.runs import run_stream
 
 from conftest import blob_datasets, tiny_vit
@@ -139,3 +142,73 @@ def test_test_labels_of_classes_not_trained_yet_count_as_errors_not_crashes():
     strategy.train(bm.train_stream[0])
     metrics = strategy.eval(bm.test_stream)                # experience 1's classes have no head yet
     assert metrics["Top1_Acc_Exp/eval_phase/test_stream/Exp001"] == 0.0
+
+
+def _train_first_experience(images):
+    """ConvPrompt trained on experience 0 of ``benchmark(images)``, from seed 0."""
+    bm = benchmark(images)
+    torch.manual_seed(0)
+    strategy = ConvPrompt(backbone=tiny_vit(), **dict(TINY, train_mb_size=8))
+    strategy.train(bm.train_stream[0])
+    return strategy
+
+
+def test_uint8_images_are_scaled_to_0_1_and_train_exactly_as_float_images():
+    pixels = torch.randint(0, 256, (32, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    as_uint8 = _train_first_experience(lambda n: pixels[:n])
+    as_float = _train_first_experience(lambda n: pixels[:n].float() / 255)
+    for (name, a), b in zip(as_uint8.model.state_dict().items(), as_float.model.state_dict().values()):
+        assert torch.equal(a, b), name                    # the same training, step for step
+    as_uint8.model.eval()
+    with torch.no_grad():
+        assert torch.equal(as_uint8.model(pixels[:4]), as_uint8.model(pixels[:4].float() / 255))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.bool])
+def test_images_of_other_integer_types_are_refused(dtype):
+    model = ConvPrompt(backbone=tiny_vit(), **TINY).model
+    with pytest.raises(TypeError, match=re.escape(
+            f"images must be floating point (values in [0, 1]) or uint8 (0..255) tensors, got {dtype}; use "
+            "x.to(torch.uint8) if they hold 0..255 pixel values, or transforms.ToTensor()")):
+        model(torch.zeros(2, 3, 32, 32, dtype=dtype))
+
+
+def _range_warnings(record):
+    return [str(w.message) for w in record if issubclass(w.category, InputRangeWarning)]
+
+
+def test_images_outside_0_1_give_one_warning_per_model():
+    bm = benchmark(lambda n: torch.rand(n, 3, 32, 32) * 255)          # float pixels never scaled by ToTensor
+    strategy = ConvPrompt(backbone=tiny_vit(), **dict(TINY, train_mb_size=4))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        strategy.train(bm.train_stream[0])                             # 4 batches
+        strategy.train(bm.train_stream[1])
+        strategy.eval(bm.test_stream)
+    messages = _range_warnings(record)
+    assert len(messages) == 1
+    assert re.fullmatch(
+        r"images in \[0(\.\d+)?(e-\d+)?, 25\d(\.\d+)?\] reached the model, which expects \[0, 1\], fed to the backbone "
+        r"as they are \(normalize_inputs=False\): scale them to \[0, 1\] \(transforms.ToTensor\(\), or pass uint8 "
+        r"tensors, which are scaled here\) and leave out transforms.Normalize \(normalize_inputs=True applies the "
+        r"backbone's statistics inside the model\)", messages[0]), messages[0]
+
+
+def test_the_first_evaluation_batch_is_checked_too_and_normalised_models_expect_0_1_as_well():
+    vit = tiny_vit()
+    vit.pretrained_cfg = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    strategy = ConvPrompt(backbone=vit, **dict(TINY, normalize_inputs=True))
+    bm = benchmark()                                                    # training images in [0, 1]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        strategy.train(bm.train_stream[0])
+    assert _range_warnings(record) == []
+    normalised = (torch.rand(8, 3, 32, 32) - 0.5) / 0.5 * 1.5         # what transforms.Normalize gives, about
+    strategy.model.eval()
+    with warnings.catch_warnings(record=True) as record, torch.no_grad():
+        warnings.simplefilter("always")
+        strategy.model(normalised)
+        strategy.model(normalised)
+    messages = _range_warnings(record)
+    assert len(messages) == 1 and "normalised inside the model with the backbone's mean/std (normalize_inputs=True)" \
+        in messages[0]

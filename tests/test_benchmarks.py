@@ -19,7 +19,8 @@ def test_parameter_table_counts_match_the_closed_forms():
     for method in ("l2p", "dualprompt", "coda"):
         assert rows[method]["heads"] == T * linear_head
         assert rows[method]["total"] == rows[method]["prompts"] + T * linear_head
-    H, Dh, k, L, D = 4, 32, 17, 20, 7
+    H, Dh, k, L = 4, 32, 17, 20
+    D = 5                                   # default prompt layers: the first ceil(7 x 8 / 12) of 8 blocks
     generators = D * H * 2 * (T * 5) * (k * k + 1)
     shared = D * H * 2 * (L + k - 1) * (Dh + k - 1)
     matcher = C * (C // 2) + C // 2 + (C // 2) * (C // 4) + C // 4

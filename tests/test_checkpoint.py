@@ -12,7 +12,7 @@ from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmar
 
 from avalanche_convprompt import CodaPrompt, ConvPrompt, DualPrompt, L2P
 from avalanche_convprompt.runs.checkpoint import (CheckpointError, checkpoint_files, latest_checkpoint, load_checkpoint,
-                                             save_checkpoint)
+                                                  maybe_load_checkpoint, save_checkpoint, strategy_state)
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.runs import run_stream
 
@@ -130,3 +130,44 @@ def test_a_run_killed_mid_experience_resumes_to_the_same_results(tmp_path):
                 "allocation", "learnable_parameters", "parameter_breakdown"):
         assert a[key] == b[key], key
     assert not checkpoint_dir.exists()          # removed once the run finished
+
+
+def test_avalanches_save_and_maybe_load_calls_resume_a_plain_loop_exactly(tmp_path):
+    """``save_checkpoint(strategy, fname)`` / ``maybe_load_checkpoint(strategy, fname)`` as in Avalanche's docs."""
+    bm, fname = stream(), tmp_path / "run.pt"            # a PathLike, as Avalanche accepts
+
+    def loop(strategy, stop=None):
+        strategy, start = maybe_load_checkpoint(strategy, fname)
+        for t, experience in enumerate(bm.train_stream[start:stop], start):
+            strategy.train(experience)
+            strategy.eval(bm.test_stream[: t + 1])
+            save_checkpoint(strategy, fname, exclude=["optimizer", "scheduler"])   # what Avalanche users pass
+        return strategy
+
+    reference = build(ConvPrompt)
+    strategy, start = maybe_load_checkpoint(reference, tmp_path / "none_yet.pt")
+    assert strategy is reference and start == 0 and not (tmp_path / "none_yet.pt").exists()
+    for experience_index, experience in enumerate(bm.train_stream):
+        reference.train(experience)
+        reference.eval(bm.test_stream[: experience_index + 1])
+    loop(build(ConvPrompt), stop=1)                     # "killed" after the first experience
+    assert load_checkpoint(fname)["completed_experiences"] == 1
+    resumed = loop(build(ConvPrompt))
+    assert numbers(resumed.evaluator.get_last_metrics()) == numbers(reference.evaluator.get_last_metrics())
+    for (name, a), b in zip(resumed.model.state_dict().items(), reference.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_save_checkpoint_keeps_the_0_1_call_and_refuses_what_it_cannot_do(tmp_path):
+    strategy = build(ConvPrompt)
+    path = str(tmp_path / "exp000.pt")
+    save_checkpoint(path, strategy_state(strategy, 0))                                   # version 0.1's form
+    assert load_checkpoint(path)["completed_experiences"] == 0
+    with pytest.raises(TypeError, match=r"save_checkpoint\(path, state\) takes a state dict"):
+        save_checkpoint(path, strategy)                                                  # the arguments swapped
+    with pytest.raises(TypeError, match=r"call save_checkpoint\(strategy, fname\) as Avalanche's, or "
+                                        r"save_checkpoint\(path, state\); got \(dict, str\)"):
+        save_checkpoint({"format": 1}, path)
+    with pytest.raises(ValueError, match=r"exclude=\['evaluator', 'model'\]: this checkpoint always stores"):
+        save_checkpoint(strategy, path, exclude=["model", "evaluator", "optimizer"])
+    assert load_checkpoint(path)["completed_experiences"] == 0                          # left as it was

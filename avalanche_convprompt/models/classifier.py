@@ -1,7 +1,8 @@
 """The network a prompt strategy trains: frozen prompted ViT, prompt module, heads.
 
 ``PromptedClassifier(x)`` = ``heads(backbone(x, prompts))``: logits indexed by
-class id. The backbone stays frozen except, when ``train_norms`` (ConvPrompt's
+class id (``PromptedClassifier(x, task_labels)`` with task-incremental heads:
+each sample's own task's head only). The backbone stays frozen except, when ``train_norms`` (ConvPrompt's
 recipe), its LayerNorms (each block's ``norm1``/``norm2`` and the final ``norm``).
 
 ``prompt_module`` is one of
@@ -18,9 +19,17 @@ recipe), its LayerNorms (each block's ``norm1``/``norm2`` and the final ``norm``
 The :class:`~avalanche_convprompt.models.prompt_plan.PromptPlan` of the last forward
 is kept in :attr:`PromptedClassifier.last_plan` so a strategy can add its
 matching loss.
+
+Inputs are images in ``[0, 1]`` (what ``transforms.ToTensor`` gives; the
+published setup feeds them unnormalised) or uint8 tensors in ``0..255``, which
+are scaled to ``[0, 1]`` first. ``input_mean``/``input_std``
+(``normalize_inputs=True``) normalise them inside the model, so the images
+passed in stay in ``[0, 1]`` either way.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -28,6 +37,13 @@ from torch import Tensor, nn
 
 from .heads import TaskHeads
 from .prompted_vit import PromptedViT
+
+#: Images outside this range are taken for unscaled (0..255) or already normalised ones.
+EXPECTED_RANGE = (-0.25, 1.25)
+
+
+class InputRangeWarning(UserWarning):
+    """Images reached the model outside ``[0, 1]`` (filter it with ``warnings.simplefilter``)."""
 
 
 class PromptedClassifier(nn.Module):
@@ -38,6 +54,12 @@ class PromptedClassifier(nn.Module):
         prompt_module: gives a prompter per forward pass, or ``None``.
         input_mean, input_std: when given, inputs are normalised with them
             inside the model (e.g. the statistics the timm weights expect).
+
+    Images outside ``EXPECTED_RANGE`` (``[-0.25, 1.25]``: ``[0, 1]`` with room
+    for interpolation overshoot) give one :class:`InputRangeWarning` per model.
+    Only the first batch in training mode and the first in eval mode are
+    checked, so the check costs one host-device synchronisation each, not one
+    per batch.
     """
 
     def __init__(self, backbone: PromptedViT, prompt_module: Optional[nn.Module] = None,
@@ -50,6 +72,7 @@ class PromptedClassifier(nn.Module):
         self.heads = TaskHeads(backbone.embed_dim, norm=head_norm)
         self.last_plan = None
         self.task_hint: Optional[int] = None
+        self._range_checked = set()          # the modes (training or not) whose first batch was checked
         if (input_mean is None) != (input_std is None):
             raise ValueError("give both input_mean and input_std, or neither")
         if input_mean is not None:
@@ -84,20 +107,42 @@ class PromptedClassifier(nn.Module):
         with torch.no_grad():
             return self.backbone(x)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def check_range(self, x: Tensor) -> None:
+        """Warn once if the first batch of training or of evaluation is not in ``[0, 1]``."""
+        if self.training in self._range_checked:
+            return
+        self._range_checked.add(self.training)
+        if x.numel() == 0:
+            return
+        low, high = (float(v) for v in torch.aminmax(x.detach().float()))
+        if math.isnan(low) or math.isnan(high) or EXPECTED_RANGE[0] <= low <= high <= EXPECTED_RANGE[1]:
+            return                                       # a NaN batch is the loss check's to report
+        self._range_checked.update((True, False))       # one warning per model
+        inside = ("normalised inside the model with the backbone's mean/std (normalize_inputs=True)"
+                  if self.input_mean is not None else "fed to the backbone as they are (normalize_inputs=False)")
+        warnings.warn(
+            f"images in [{low:.3g}, {high:.3g}] reached the model, which expects [0, 1], {inside}: scale them to "
+            "[0, 1] (transforms.ToTensor(), or pass uint8 tensors, which are scaled here) and leave out "
+            "transforms.Normalize (normalize_inputs=True applies the backbone's statistics inside the model)",
+            InputRangeWarning, stacklevel=3)
+
+    def forward(self, x: Tensor, task_labels: Optional[Tensor] = None) -> Tensor:
+        """Logits indexed by class id; ``task_labels`` (task-incremental heads only) picks each sample's head."""
+        x = self.backbone.as_input(x)                   # uint8 0..255 -> [0, 1], the backbone's dtype
+        self.check_range(x)
         if self.input_mean is not None:
             x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
         module = self.prompt_module
         self.last_plan = None
         if module is None or not module.ready:
-            return self.heads(self.backbone(x))
+            return self.heads(self.backbone(x), task_labels)
         if getattr(module, "needs_query", False):
             plan = module.prompter(self.query(x), task=self.task_hint if self.training else None)
             self.last_plan = plan
             features = self.backbone(x, plan if plan.prefixes else None, prepend=plan.prepend)
         else:
             features = self.backbone(x, module.prompter())
-        return self.heads(features)
+        return self.heads(features, task_labels)
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Learnable parameters by part, old (frozen) generators and heads included.

@@ -163,8 +163,19 @@ class PromptedViT(nn.Module):
     def depth(self) -> int:
         return len(self.vit.blocks)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the patch embedding's weights: what images are cast to."""
+        return self.vit.patch_embed.proj.weight.dtype
+
     def check_input(self, x: Tensor) -> None:
         """Clear errors for images the patch embedding cannot take."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise TypeError(
+                f"images must be floating point (values in [0, 1]) or uint8 (0..255) tensors, got {x.dtype}; "
+                "use x.to(torch.uint8) if they hold 0..255 pixel values, or transforms.ToTensor()")
         if x.dim() != 4:
             raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
         pe = self.vit.patch_embed
@@ -178,18 +189,26 @@ class PromptedViT(nn.Module):
                     f"backbone expects {expected[0]}x{expected[1]} images, got {x.shape[-2]}x{x.shape[-1]}; "
                     "resize the inputs (e.g. transforms.Resize) or build the backbone with img_size=...")
 
+    def as_input(self, x: Tensor) -> Tensor:
+        """Checked images in the backbone's dtype: uint8 ``0..255`` scaled to ``[0, 1]`` (as
+        ``transforms.ToTensor`` would), floating point cast as they are (a no-op when the dtypes match)."""
+        self.check_input(x)
+        if x.dtype == torch.uint8:
+            return x.float().div_(255).to(self.dtype)
+        return x.to(self.dtype)
+
     def forward(self, x: Tensor, prompter: Optional[Prompter] = None, prepend: Optional[Tensor] = None) -> Tensor:
         """Pooled feature ``(B, C)`` of the prompted backbone.
 
         Args:
-            x: images ``(B, 3, H, W)``.
+            x: images ``(B, 3, H, W)``, floating point or uint8 (see :meth:`as_input`).
             prompter: key/value prefixes for the blocks in ``prompt_layers``.
             prepend: ``(B, P, C)`` tokens inserted right after the class token
                 before the first block (prompt tuning, as L2P does). When given,
                 the feature is the mean of those ``P`` tokens' outputs after the
                 final norm instead of the class token.
         """
-        self.check_input(x)
+        x = self.as_input(x)
         vit = self.vit
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
         if prepend is not None:

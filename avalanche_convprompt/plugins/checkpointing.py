@@ -10,7 +10,7 @@ from typing import Optional
 
 from avalanche.core import SupervisedPlugin
 
-from ..runs.checkpoint import checkpoint_files, is_main_process, save_checkpoint, strategy_state
+from ..runs.checkpoint import checkpoint_files, is_main_process, strategy_state, write_checkpoint
 from ..runs.files import ensure_writable_dir
 
 
@@ -56,7 +56,7 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
             return None
         completed = strategy.clock.train_exp_counter
         path = os.path.join(self.directory, f"exp{completed:03d}.pt")
-        save_checkpoint(path, strategy_state(strategy, completed, self.extra() if self.extra else None))
+        write_checkpoint(path, strategy_state(strategy, completed, self.extra() if self.extra else None))
         for old in checkpoint_files(self.directory)[:-self.keep]:
             os.remove(old)
         return path

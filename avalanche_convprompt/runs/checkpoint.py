@@ -13,11 +13,15 @@ everything the rest of the run depends on:
   decide the next experience's shuffling and new parameters' initialisation;
 * whatever the caller adds (``extra``: e.g. time spent so far).
 
-Optimiser and schedule need not be saved: every strategy here re-creates them
-at the start of each experience. A replay buffer (Avalanche's ``ReplayPlugin``
-and other plugins with a ``storage_policy``) is not saved: resuming such a
-strategy after its first experience raises :class:`CheckpointError` rather than
-continue with an empty buffer.
+Optimiser and schedule need not be saved: every strategy here empties its
+optimiser's state and restarts its schedule at the start of each experience
+(:mod:`~avalanche_convprompt.methods.optimisation`). The one exception, not
+saved: an ``LRSchedulerPlugin`` built with ``reset_lr=False`` or
+``reset_scheduler=False`` carries its position across experiences.
+A replay buffer (Avalanche's ``ReplayPlugin`` and other plugins with a
+``storage_policy``) is not saved: resuming such a strategy after its first
+experience raises :class:`CheckpointError` rather than continue with an empty
+buffer.
 
 Safety: files are written to a temporary name, flushed to disk and then
 renamed, so the previous checkpoint stays whole until the new one is
@@ -26,6 +30,13 @@ read with ``torch.load(..., weights_only=True)``: only tensors and plain
 containers are stored, and loading one cannot run code. A truncated or
 corrupted file raises :class:`CheckpointError` naming it and the earlier
 checkpoint that is still usable.
+
+In a script written for Avalanche, :func:`save_checkpoint` and
+:func:`maybe_load_checkpoint` are called like Avalanche's functions of the same
+names (``save_checkpoint(strategy, fname)``,
+``strategy, start = maybe_load_checkpoint(strategy, fname)``) and write and read
+these files; ``save_checkpoint(path, state)``, version 0.1's form, still works
+(:func:`write_checkpoint` is that writer alone).
 """
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ import os
 import random
 import re
 from collections import defaultdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +54,7 @@ from .files import ensure_writable_dir
 from .distributed import unwrap
 
 FORMAT = 1
+PathLike = Union[str, "os.PathLike[str]"]
 _FILE = re.compile(r"exp(\d+)\.pt$")
 # Only Avalanche's own metric, evaluator and clock objects are captured attribute by attribute.
 _CAPTURED_MODULES = ("avalanche.evaluation", "avalanche.training.plugins.evaluation", "avalanche.training.plugins.clock")
@@ -200,8 +212,9 @@ def restore_strategy(strategy, state: Dict[str, Any]) -> int:
     return int(state["completed_experiences"])
 
 
-def save_checkpoint(path: str, state: Dict[str, Any]) -> str:
-    """Write atomically: temporary file, flush and fsync, rename over ``path``."""
+def write_checkpoint(path: PathLike, state: Dict[str, Any]) -> str:
+    """Write ``state`` atomically: temporary file, flush and fsync, rename over ``path``."""
+    path = os.fspath(path)
     ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
@@ -216,8 +229,64 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> str:
     return path
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
+#: What :func:`strategy_state` always stores: ``exclude`` cannot leave these out.
+_ALWAYS_STORED = ("model", "clock", "evaluator", "plugins")
+
+
+def save_checkpoint(strategy_or_path, fname_or_state, exclude: Optional[Collection[str]] = None) -> str:
+    """Write a checkpoint; called like Avalanche's function of the same name, or like version 0.1's.
+
+    * ``save_checkpoint(strategy, fname, exclude=None)``, the signature of
+      ``avalanche.checkpointing.save_checkpoint``: writes this package's checkpoint
+      of ``strategy`` after ``strategy.clock.train_exp_counter`` experiences
+      (:func:`strategy_state`), to read back with :func:`maybe_load_checkpoint`.
+      Unlike Avalanche's, the file holds tensors and plain data only (no pickled
+      strategy) and never the optimiser, scheduler, datasets or data loaders,
+      which every strategy here rebuilds per experience; ``exclude`` may name
+      those (Avalanche users pass ``["optimizer", "scheduler"]``) and is refused
+      for what is always stored (``model``, ``clock``, ``evaluator``, ``plugins``).
+      Call it between experiences, as Avalanche's.
+    * ``save_checkpoint(path, state)``, version 0.1's: writes a :func:`strategy_state`
+      dict (same as :func:`write_checkpoint`).
+
+    Either way the file is written atomically; returns its path.
+    """
+    if isinstance(strategy_or_path, (str, bytes, os.PathLike)):
+        if not isinstance(fname_or_state, dict) or exclude is not None:
+            raise TypeError("save_checkpoint(path, state) takes a state dict (strategy_state(...)) as its second "
+                            f"argument, got {type(fname_or_state).__name__}; to save a strategy call "
+                            "save_checkpoint(strategy, fname)")
+        return write_checkpoint(strategy_or_path, fname_or_state)
+    if not isinstance(fname_or_state, (str, bytes, os.PathLike)) or not hasattr(strategy_or_path, "clock"):
+        raise TypeError("call save_checkpoint(strategy, fname) as Avalanche's, or save_checkpoint(path, state); got "
+                        f"({type(strategy_or_path).__name__}, {type(fname_or_state).__name__})")
+    refused = sorted(set(exclude or ()) & set(_ALWAYS_STORED))
+    if refused:
+        raise ValueError(f"exclude={refused}: this checkpoint always stores {list(_ALWAYS_STORED)}; it never stores "
+                         "the optimiser, scheduler or data, so only those may be excluded")
+    strategy = strategy_or_path
+    return write_checkpoint(fname_or_state, strategy_state(strategy, strategy.clock.train_exp_counter))
+
+
+def maybe_load_checkpoint(strategy, fname: PathLike, map_location=None, unique_objects=None) -> Tuple[Any, int]:
+    """Avalanche's ``maybe_load_checkpoint`` for this package's checkpoints: ``(strategy, experiences completed)``.
+
+    Restores a file written by :func:`save_checkpoint` into ``strategy`` (built as
+    for the interrupted run) and returns it with the index of the next training
+    experience; without the file, returns ``(strategy, 0)`` unchanged, so the same
+    script starts and resumes. Tensors are read on the CPU and the model is moved
+    to ``strategy.device``; ``map_location`` and ``unique_objects`` are accepted
+    for Avalanche's signature and not needed (no datasets are stored).
+    """
+    fname = os.fspath(fname)
+    if not os.path.exists(fname):
+        return strategy, 0
+    return strategy, restore_strategy(strategy, load_checkpoint(fname))
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``); a clear error if it is unusable."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:

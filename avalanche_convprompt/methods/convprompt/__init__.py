@@ -8,6 +8,6 @@ The language-model allocation lives in :mod:`avalanche_convprompt.language`.
 """
 from .prompt_pool import ConvPromptPool
 from .settings import METHOD
-from .strategy import PAPER_BACKBONE, ConvPrompt, build_convprompt_model
+from .strategy import PAPER_BACKBONE, ConvPrompt, build_convprompt_model, default_prompt_layers
 
-__all__ = ["ConvPrompt", "ConvPromptPool", "build_convprompt_model", "PAPER_BACKBONE", "METHOD"]
+__all__ = ["ConvPrompt", "ConvPromptPool", "build_convprompt_model", "default_prompt_layers", "PAPER_BACKBONE", "METHOD"]

@@ -19,7 +19,8 @@ The recipe, per experience ``t`` (see ``../shared/spec/convprompt.md``):
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
@@ -33,13 +34,30 @@ from ..template import PromptedViTTemplate, build_prompted_classifier
 from .prompt_pool import ConvPromptPool
 
 
+def default_prompt_layers(depth: int) -> Tuple[int, ...]:
+    """The paper's share of the depth: the first ``ceil(7 * depth / 12)`` blocks.
+
+    The paper prompts blocks 0..6 of ViT-B's 12; a fixed ``0..6`` would not fit a
+    shallower backbone, so the default keeps the proportion instead: 12 blocks ->
+    0..6 exactly, the shipped 6-block offline backbone -> 0..3 (what its offline
+    settings use), 4 -> 0..2, 24 (ViT-L) -> 0..13; at least block 0.
+    """
+    if depth < 1:
+        raise ValueError(f"the backbone has no blocks (depth {depth})")
+    return tuple(range(math.ceil(7 * depth / 12)))
+
+
 def build_convprompt_model(backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
-                           prompt_layers: Sequence[int] = tuple(range(7)), prompt_length: int = 20,
+                           prompt_layers: Optional[Sequence[int]] = None, prompt_length: int = 20,
                            kernel_size: int = 17, normalize_inputs: bool = False,
                            use_prompts: bool = True, train_keys: bool = False) -> PromptedClassifier:
-    """The ConvPrompt network (no heads, no generators yet) over a timm ViT."""
+    """The ConvPrompt network (no heads, no generators yet) over a timm ViT.
+
+    ``prompt_layers=None`` prompts :func:`default_prompt_layers` of the backbone's depth.
+    """
     def pool(vit: PromptedViT) -> ConvPromptPool:
-        return ConvPromptPool(tuple(prompt_layers), vit.num_heads, vit.head_dim, vit.embed_dim,
+        layers = default_prompt_layers(vit.depth) if prompt_layers is None else tuple(prompt_layers)
+        return ConvPromptPool(layers, vit.num_heads, vit.head_dim, vit.embed_dim,
                               prompt_length=prompt_length, kernel_size=kernel_size, train_keys=train_keys)
 
     return build_prompted_classifier(backbone, pretrained, pool if use_prompts else None,
@@ -52,7 +70,10 @@ class ConvPrompt(PromptedViTTemplate):
     Args:
         backbone: timm model name or ``VisionTransformer`` instance.
         pretrained: load timm's pretrained weights (names only).
-        prompt_layers: prompted blocks (paper: 0..6).
+        prompt_layers: prompted blocks; default (``None``) the first
+            ``ceil(7 x depth / 12)`` blocks (:func:`default_prompt_layers`): the
+            paper's 0..6 on a 12-block ViT-B, 0..3 on the shipped 6-block
+            offline backbone.
         prompt_length: prefix length ``L`` (paper: 20).
         kernel_size: generator kernel ``k`` (paper: 17).
         generators_per_task: ``n_max`` of the default fixed allocation (paper: 5).
@@ -73,7 +94,7 @@ class ConvPrompt(PromptedViTTemplate):
     """
 
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
-                 prompt_layers: Sequence[int] = tuple(range(7)), prompt_length: int = 20, kernel_size: int = 17,
+                 prompt_layers: Optional[Sequence[int]] = None, prompt_length: int = 20, kernel_size: int = 17,
                  generators_per_task: int = 5, drift_penalty: float = 0.01, clip_grad_norm: Optional[float] = 1.0,
                  lr: Optional[float] = None, normalize_inputs: bool = False, train_keys: bool = False,
                  allocation=None,
