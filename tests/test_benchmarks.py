@@ -52,7 +52,6 @@ def test_runner_writes_one_record_per_run_and_the_report(tmp_path):
         assert open(paths[key], "rb").read(4) == b"\x89PNG"
 
 
-@pytest.mark.filterwarnings("ignore:Call to deprecated function update:DeprecationWarning")   # Avalanche's own
 def test_runner_replay_gives_continual_methods_avalanches_plugin_records_it_and_restarts_on_resume(tmp_path,
                                                                                                    monkeypatch):
     built = {}

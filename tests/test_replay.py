@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import ReplayPlugin
@@ -22,9 +23,6 @@ from avalanche_convprompt.runs.checkpoint import CheckpointError
 
 from conftest import blob_datasets, tiny_vit
 from test_baselines import TINY
-
-# Avalanche 0.6's own ReplayPlugin calls its storage policy's deprecated update(); nothing to act on here
-pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated function update:DeprecationWarning")
 
 SIZES = {**TINY, ConvPrompt: dict(prompt_layers=(0, 1), prompt_length=4, kernel_size=3, generators_per_task=2),
          SequentialFineTuning: {}}
@@ -191,6 +189,40 @@ def test_loss_of_batches_with_and_without_earlier_classes_and_where_replayed_gra
     names = dict(strategy.model.named_parameters())
     assert probe.with_grad == trained_by_replayed_samples(method, names)
     assert not any(names[n].requires_grad for n in names if n.startswith("heads.heads.0."))
+
+
+class TaskIncrementalProbe(SupervisedPlugin):
+    """The first replay batch of a task-incremental DualPrompt: the loss against the rule by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.tasks = None
+
+    def before_backward(self, strategy, **kwargs):
+        if strategy.experience.current_experience != 1 or self.tasks is not None:
+            return
+        x, y, tasks, out = strategy.mb_x, strategy.mb_y, strategy.mb_task_id, strategy.mb_output
+        self.tasks = set(tasks.tolist())
+        with torch.no_grad():
+            heads = {h.task: list(h.classes) for h in strategy.net.heads.heads}
+            ce = torch.stack([-F.log_softmax(out[i, heads[int(t)]], dim=0)[heads[int(t)].index(int(c))]
+                              for i, (c, t) in enumerate(zip(y, tasks))])
+            q = F.normalize(strategy.net.backbone(x), dim=1)
+            matching = (1 - q @ F.normalize(strategy.prompt_pool.e_keys[-1], dim=0))[tasks == 1].mean()
+        torch.testing.assert_close(strategy.loss, (ce.mean() + strategy.matching_weight * matching).reshape(1),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_task_incremental_replay_uses_each_samples_task_head_and_matches_keys_on_the_current_task():
+    train, test = blob_datasets([0, 1, 2, 3], train_per_class=8)
+    bm = nc_benchmark(train, test, n_experiences=2, task_labels=True, class_ids_from_zero_in_each_exp=True,
+                      shuffle=False)                        # both tasks' labels are 0 and 1
+    probe = TaskIncrementalProbe()
+    torch.manual_seed(0)
+    strategy = build(DualPrompt, plugins=[ReplayPlugin(mem_size=8), probe], task_incremental=True)
+    for experience in bm.train_stream:
+        strategy.train(experience)
+    assert probe.tasks == {0, 1}                            # the batch held replayed samples of task 0
 
 
 def test_a_label_no_experience_brought_still_fails_clearly():

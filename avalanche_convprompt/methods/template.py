@@ -55,7 +55,10 @@ query anyway). Old heads are frozen, so a replayed sample's gradient reaches
 what the current experience trains: the current head, the trainable prompt
 parameters and (ConvPrompt) the backbone's LayerNorms. A batch without earlier
 classes gives exactly the loss without replay; a label no head owns raises a
-``ValueError`` that names it.
+``ValueError`` that names it. Task-incremental (``task_incremental=True``, where
+class ids may repeat across tasks): a replayed sample is one whose task label
+is not the current task's, and every sample, replayed or not, is scored over
+its own task's head, as at test time.
 
 Class-incremental or task-incremental: the rule
 -----------------------------------------------
@@ -452,7 +455,10 @@ class PromptedViTTemplate(SupervisedTemplate):
         return plan.matching_loss
 
     def earlier_class_samples(self) -> Tensor:
-        """``(B,)`` mask of the batch's samples whose label is not a current class (replayed ones)."""
+        """``(B,)`` mask of the batch's replayed samples: labels not among the current classes
+        (task-incremental, where class ids may repeat: task labels other than the current task's)."""
+        if self.task_incremental:
+            return self.mb_task_id.reshape(-1).to(self.mb_y.device) != self.net.heads.heads[-1].task
         return ~torch.isin(self.mb_y, self.current_classes().to(self.mb_y.device))
 
     def training_cross_entropy(self) -> Tensor:
