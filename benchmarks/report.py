@@ -188,6 +188,9 @@ def _group(runs: Sequence[dict]) -> Dict[str, List[dict]]:
             raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix replay buffers of "
                              f"{_run_replay(group[0])} and {_run_replay(run)} samples (0: no replay); "
                              "report them from separate folders")
+        if group and _run_task_incremental(run) != _run_task_incremental(group[0]):
+            raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix class-incremental and "
+                             "task-incremental evaluation; report them from separate folders")
         group.append(run)
     return groups
 
@@ -198,11 +201,18 @@ def _run_replay(run: dict) -> int:
     return int(replay.get("mem_size", 0)) if isinstance(replay, dict) else 0
 
 
+def _run_task_incremental(run: dict) -> bool:
+    """``config.task_incremental``: each test sample scored by its own task's head (False in older records)."""
+    return bool(_config(run).get("task_incremental", False))
+
+
 def _label(group: Sequence[dict]) -> str:
-    """The method's label, with the replay buffer when its runs used one ("ConvPrompt + replay 200")."""
+    """The method's label, with replay and task-incremental evaluation when its runs used them
+    ("ConvPrompt + replay 200", "ConvPrompt (task-incremental)")."""
     label = str(group[0].get("label") or group[0]["method"])
     replay = _run_replay(group[0])
-    return f"{label} + replay {replay}" if replay else label
+    label = f"{label} + replay {replay}" if replay else label
+    return f"{label} (task-incremental)" if _run_task_incremental(group[0]) else label
 
 
 def _is_joint(run: dict) -> bool:
@@ -290,7 +300,8 @@ def aggregate(runs: Sequence[dict]) -> List[dict]:
         sec_mean, sec_std = _mean_std([r["train_seconds"] for r in group])
         ips_mean, ips_std = _mean_std([r["train_images_per_second"] for r in group])
         # published numbers are rehearsal-free: none beside a replay row
-        published = None if _run_replay(group[0]) else PUBLISHED.get(benchmark, {}).get(method)
+        published = None if _run_replay(group[0]) or _run_task_incremental(group[0]) \
+            else PUBLISHED.get(benchmark, {}).get(method)
         rows.append({
             "method": method,
             "label": _label(group),

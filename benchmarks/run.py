@@ -45,6 +45,12 @@ rank 0 writes records, logs, checkpoints and the report:
     torchrun --standalone --nproc_per_node 4 -m benchmarks.run --benchmark split_cifar100 \
         --data-root ~/data --device cuda --seeds 0 1 2
 
+``--task-incremental`` gives every experience its own task label (Avalanche's
+``task_incremental_benchmark``: the label is the experience's index) and every
+strategy ``task_incremental=True``: one head per task, each test sample scored
+by its own task's head; the records hold ``config.task_incremental`` and the
+report labels those rows "<method> (task-incremental)".
+
 ``--replay N`` adds Avalanche's ``ReplayPlugin(mem_size=N)`` to every continual
 method (how each loss treats the replayed samples: "Batches with earlier
 classes" in :mod:`avalanche_convprompt.methods.template`); the records hold it
@@ -136,6 +142,9 @@ def parse_args(argv=None):
     p.add_argument("--replay", type=int, default=0, metavar="N",
                    help="add Avalanche's ReplayPlugin(mem_size=N) to every continual method (0: no replay); "
                         "with --resume, an unfinished replay run starts again (checkpoints hold no buffer)")
+    p.add_argument("--task-incremental", action="store_true",
+                   help="one task label per experience and task_incremental=True for every method: each test "
+                        "sample is scored by its own task's head (default: class-incremental)")
     p.add_argument("--train-per-class", type=int, default=120, help="synthetic stream only")
     p.add_argument("--test-per-class", type=int, default=50, help="synthetic stream only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -192,8 +201,17 @@ def strategy_settings(method: str, args) -> Tuple[Dict, Dict]:
             (reference_recipe(method, args.benchmark).published_selection or "per_sample")
     if "train_keys" in accepts and args.train_keys:
         overrides["train_keys"] = True
+    if args.task_incremental:
+        overrides["task_incremental"] = True
     kwargs.update(overrides)
     return kwargs, overrides
+
+
+def with_task_labels(stream):
+    """The stream with task label ``t`` on experience ``t`` (class ids unchanged), for ``--task-incremental``."""
+    from dataclasses import replace
+    from avalanche.benchmarks.scenarios.task_aware import task_incremental_benchmark
+    return replace(stream, benchmark=task_incremental_benchmark(stream.benchmark, reset_task_labels=True))
 
 
 def make_allocation(args, stream):
@@ -267,6 +285,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
         "config": {"protocol": args.protocol, "backbone": backbone_name, "pretrained": not args.no_pretrained,
                    "epochs": strategy.train_epochs, "batch": batch, "lr": strategy.lr,
                    "recipe": recipe, "overrides": dict(overrides), "replay": replay,
+                   "task_incremental": args.task_incremental,
                    "recipe_source": reference_recipe(method, args.benchmark).source
                    if args.protocol == "reference" else f"{args.protocol} protocol of this project",
                    "experiences": len(stream.benchmark.train_stream), "device": args.device,
@@ -307,6 +326,8 @@ def main(argv=None) -> Dict[str, str]:
         img_size = backbone_image_size(settings[0]["backbone"])
         stream = make_stream(args.benchmark, data_root=args.data_root, n_experiences=args.experiences, seed=seed,
                              img_size=img_size, **extra)
+        if args.task_incremental:
+            stream = with_task_labels(stream)
         record = run_one(method, seed, args, stream, out, settings)
         forgetting = record["average_forgetting"]
         if dist.is_main_process():

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks import parameters, run
 
@@ -85,6 +86,47 @@ def test_runner_replay_gives_continual_methods_avalanches_plugin_records_it_and_
     assert json.loads((out / "runs" / "l2p_seed0.json").read_text())["accuracy_matrix"] == l2p["accuracy_matrix"]
     with pytest.raises(SystemExit):
         run.parse_args(["--replay", "-1"])
+
+
+def test_runner_task_incremental_labels_each_experience_and_scores_each_sample_by_its_tasks_head(tmp_path,
+                                                                                                   monkeypatch):
+    built = {}
+
+    def spy(method, *args, **kwargs):
+        built[method] = strategy = build_strategy(method, *args, **kwargs)
+        return strategy
+
+    build_strategy = run.build_strategy
+    monkeypatch.setattr(run, "build_strategy", spy)
+    out = tmp_path / "bench"
+    run.main(["--strategy", "convprompt", "--seeds", "0", "--experiences", "2", "--epochs", "1",
+              "--train-per-class", "8", "--test-per-class", "4", "--task-incremental", "--output", str(out),
+              "--no-progress"])
+    strategy = built["convprompt"]
+    assert strategy.net.heads.task_incremental
+    record = json.loads((out / "runs" / "convprompt_seed0.json").read_text())
+    assert record["config"]["task_incremental"] is True and record["config"]["overrides"]["task_incremental"]
+    # the stream the runner built carries task label t on experience t, train and test alike
+    stream = run.with_task_labels(run.make_stream("synthetic", n_experiences=2, seed=0, img_size=32,
+                                                  train_per_class=8, test_per_class=4))
+    for name in ("train_stream", "test_stream"):
+        assert [sorted(set(e.dataset.targets_task_labels)) for e in getattr(stream.benchmark, name)] == [[0], [1]]
+    # the last row, recomputed by masking by hand: every head's logits (class ids do not restart here), argmax
+    # over the test experience's own classes; prompts do not depend on the task label
+    net = strategy.net.eval()
+    net.heads.task_incremental = False
+    by_hand = []
+    for experience in stream.benchmark.test_stream:
+        classes = torch.tensor(sorted(set(int(y) for y in experience.dataset.targets)))
+        correct = total = 0
+        with torch.no_grad():
+            for x, y, _ in torch.utils.data.DataLoader(experience.dataset.eval(), batch_size=64):
+                logits = net(x)
+                correct += int((classes[logits[:, classes].argmax(1)] == y).sum())
+                total += len(y)
+        by_hand.append(100 * correct / total)
+    assert record["accuracy_matrix"][-1] == pytest.approx(by_hand)
+    assert "| ConvPrompt (task-incremental) | 0 |" in (out / "results.md").read_text()
 
 
 def test_runner_needs_a_data_root_for_real_benchmarks(capsys):

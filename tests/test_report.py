@@ -312,6 +312,21 @@ def test_replay_rows_are_labelled_have_no_published_number_and_never_mix_with_ru
     assert report.aggregate([runs[1], off])[0]["label"] == "ConvPrompt"      # None, as the runner writes: no replay
 
 
+def test_task_incremental_rows_are_labelled_have_no_published_number_and_never_mix_with_class_incremental(runs):
+    task = [make_run("convprompt", seed, 97.0 + seed, 0.5, label="ConvPrompt", config={"task_incremental": True})
+            for seed in (0, 1)]
+    rows = report.aggregate(task)
+    assert [r["label"] for r in rows] == ["ConvPrompt (task-incremental)"]
+    assert rows[0]["published_accuracy"] is None                  # the published numbers are class-incremental
+    assert table_row(report.markdown_table(rows, "split_cifar100"), "ConvPrompt (task-incremental)")[:3] == \
+        ["ConvPrompt (task-incremental)", "0, 1", "97.50 ± 0.71"]
+    with pytest.raises(ValueError, match=r"runs of 'convprompt' mix class-incremental and task-incremental "
+                                         r"evaluation; report them from separate folders"):
+        report.aggregate([runs[1], task[1]])
+    off = make_run("convprompt", 1, 70.0, 9.0, label="ConvPrompt", config={"task_incremental": False})
+    assert report.aggregate([runs[1], off])[0]["label"] == "ConvPrompt"
+
+
 def test_missing_field_names_the_field_and_the_run(runs):
     del runs[1]["train_seconds"]
     with pytest.raises(ValueError, match=r"method='convprompt', seed=0.*'train_seconds'"):
