@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from multiprocessing import get_context
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -207,7 +207,8 @@ def format_markdown(result: Dict) -> str:
              f"training experience ({result['train_images']} images of {result['tree']['classes'] // result['experiences']} "
              f"classes, {result['tree']['min_size']}-{result['tree']['max_size']} px "
              f"JPEGs, {result['tree']['mean_kib']} KiB on average), to {result['device']}; "
-             f"median of {result['rounds']} interleaved passes.",
+             f"median of {result['rounds']} interleaved passes; 1-minute load average "
+             f"{' then '.join(str(v) for v in result['load_average_before_after'])}.",
              "",
              "| workers | pinned memory | images/s (median) | range | x 0 workers | first pass images/s (workers start) |",
              "|---:|---|---:|---:|---:|---:|"]
@@ -216,6 +217,14 @@ def format_markdown(result: Dict) -> str:
         lines.append(f"| {w} | {pinned} | {r['images_per_second']:.1f} | {r['min_images_per_second']:.1f}-"
                      f"{r['max_images_per_second']:.1f} | {ratio} | {r['first_pass_images_per_second']:.1f} |")
     return "\n".join(lines)
+
+
+def _load_average():
+    """The 1-minute load average (runnable processes): above the CPU count, the workers found no free core."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def parse_args(argv):
@@ -246,18 +255,18 @@ def parse_args(argv):
 
 
 def main(argv=None) -> Dict:
-    argv = list(argv if argv is not None else sys.argv[1:])
-    args = parse_args(argv)
     from PIL import __version__ as pillow
 
     from avalanche_convprompt.data.streams import split_imagenet_r
     from avalanche_convprompt.runs.loading import available_cpus
     from benchmarks.speed import cpu_name
 
+    argv = list(sys.argv[1:] if argv is None else argv)         # recorded with the numbers
+    args = parse_args(argv)
     device = torch.device(args.device)
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)))
     root = args.root or tempfile.mkdtemp(prefix="fake_imagenet_r_")
-    started = time.time()
+    started, load_before = time.time(), _load_average()
     try:
         tree = write_fake_imagenet_r(root, args.classes, args.per_class, min_size=args.min_size,
                                      max_size=args.max_size, jobs=args.jobs, progress=not args.no_progress)
@@ -275,6 +284,7 @@ def main(argv=None) -> Dict:
         "python": platform.python_version(), "tree": tree, "experiences": args.experiences,
         "img_size": args.img_size, "train_images": len(dataset), "batch": args.batch, "rounds": args.rounds,
         "pin_memory": device.type == "cuda", "persistent_workers": True,
+        "load_average_before_after": [load_before, _load_average()],      # others' work on a shared machine
         "results": {str(w): r for w, r in results.items()}, "wall_s": round(time.time() - started, 1)}
     table = format_markdown(result)
     write_json(args.output, result)
@@ -287,7 +297,5 @@ def main(argv=None) -> Dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, OSError) as err:      # bad input: one clear line, no traceback
-        sys.exit(f"benchmarks.loader: error: {err}")
+    from benchmarks import run_command
+    run_command(main, "benchmarks.loader")

@@ -80,7 +80,6 @@ import argparse
 import os
 import platform
 import shutil
-import sys
 import time
 from typing import Dict, Optional, Tuple
 
@@ -343,7 +342,5 @@ def main(argv=None) -> Dict[str, str]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, OSError) as err:      # bad input: one clear line, no traceback
-        sys.exit(f"benchmarks.run: error: {err}")
+    from benchmarks import run_command
+    run_command(main, "benchmarks.run")
