@@ -202,15 +202,17 @@ def measure(dataset, workers: Sequence[int], batch: int, rounds: int, device: to
 
 def format_markdown(result: Dict) -> str:
     pinned = "yes" if result["pin_memory"] else "no"
+    tree = result["tree"]
     lines = [f"`{result['command']}` on {result['device_name']} ({result['cpus']} CPUs available), "
              f"torch {result['torch']}, Pillow {result['pillow']}: batches of {result['batch']} from the first "
-             f"training experience ({result['train_images']} images of {result['tree']['classes'] // result['experiences']} "
-             f"classes, {result['tree']['min_size']}-{result['tree']['max_size']} px "
-             f"JPEGs, {result['tree']['mean_kib']} KiB on average), to {result['device']}; "
+             f"training experience ({result['train_images']} images of {tree['classes'] // result['experiences']} "
+             f"classes, {tree['min_size']}-{tree['max_size']} px JPEGs, {tree['mean_kib']} KiB on average), "
+             f"to {result['device']}; "
              f"median of {result['rounds']} interleaved passes; 1-minute load average "
              f"{' then '.join(str(v) for v in result['load_average_before_after'])}.",
              "",
-             "| workers | pinned memory | images/s (median) | range | x 0 workers | first pass images/s (workers start) |",
+             "| workers | pinned memory | images/s (median) | range | x 0 workers "
+             "| first pass images/s (workers start) |",
              "|---:|---|---:|---:|---:|---:|"]
     for w, r in sorted(result["results"].items(), key=lambda kv: int(kv[0])):
         ratio = "-" if r["x_no_workers"] is None else f"{r['x_no_workers']:.2f}"
