@@ -64,6 +64,16 @@ such a module first (see ``docs/adding_a_method.md``):
 
     python -m benchmarks.run --import my_methods --methods convprompt my_method --seeds 0
 
+Data loading: JPEGs are decoded and cropped in ``--workers`` worker processes
+(default: ``min(8, CPUs / processes on this machine)`` with ``--device cuda``,
+0 on CPU, where the workers would take cores from the step), persistent through
+an experience's epochs, into pinned memory on CUDA (Avalanche's ``ReplayPlugin``
+builds its own loader and does not pin). With workers the random crops come from
+the workers' generators, so the numbers differ from a ``--workers 0`` run. Every
+training epoch prints its images/s, loading included (not with ``--no-progress``);
+the record keeps them under ``epoch_images_per_second``. ``benchmarks/loader.py``
+measures the loader alone.
+
 Every run writes ``OUTPUT/runs/<method>_seed<seed>.json`` (see
 :mod:`benchmarks.report` for the record; ``config.recipe`` holds every setting
 the strategy trained with); at the end ``results.md``, ``results.csv``,
@@ -76,7 +86,6 @@ import argparse
 import os
 import platform
 import shutil
-import sys
 import time
 from typing import Dict, Optional, Tuple
 
@@ -95,6 +104,7 @@ from avalanche_convprompt.runs import distributed as dist
 from avalanche_convprompt.runs import run_stream
 from avalanche_convprompt.runs.determinism import enable_deterministic_algorithms, seed_everything
 from avalanche_convprompt.runs.files import ensure_writable_dir, write_json
+from avalanche_convprompt.runs.loading import default_workers
 
 from .method_imports import add_import_option, import_method_modules
 from .report import load_runs, markdown_table, aggregate, write_report
@@ -148,7 +158,9 @@ def parse_args(argv=None):
     p.add_argument("--train-per-class", type=int, default=120, help="synthetic stream only")
     p.add_argument("--test-per-class", type=int, default=50, help="synthetic stream only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader worker processes per training process, persistent through an experience; "
+                        "default: min(8, CPUs / processes on this machine) on CUDA, 0 on CPU")
     p.add_argument("--output", default=None, help="default: results/benchmark_<benchmark>")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--resume", action="store_true",
@@ -159,6 +171,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.protocol is None:
         args.protocol = "offline" if args.benchmark == "synthetic" or args.backbone == OFFLINE else "shared"
+    if args.workers is None:
+        args.workers = default_workers(args.device)
+    elif args.workers < 0:
+        p.error(f"--workers must be >= 0 (0: load in the training process), got {args.workers}")
     if args.replay < 0:
         p.error(f"--replay must be >= 0 (a buffer size in samples; 0 turns replay off), got {args.replay}")
     if args.experiences is None:
@@ -269,7 +285,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
             distribute(strategy, seed=seed)
         checkpoints = os.path.join(out, "checkpoints", f"{method}_seed{seed}")
         summary = run_stream(strategy, stream.benchmark, f"{method} seed {seed}", progress=not args.no_progress,
-                             num_workers=args.workers, checkpoint_dir=checkpoints,
+                             num_workers=args.workers, epoch_report=True, checkpoint_dir=checkpoints,
                              resume=args.resume and replay is None)    # a checkpoint holds no replay buffer
     recipe = {"backbone": backbone_name, **resolved_recipe(strategy), "train_mb_size": batch}
     record = {
@@ -279,6 +295,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
         "parameter_breakdown": summary.parameter_breakdown,
         "train_seconds": summary.extra["train_seconds"],
         "train_images_per_second": summary.extra["train_images_per_second"],
+        "epoch_images_per_second": summary.extra["epochs"],
         "wall_seconds": summary.extra["wall_seconds"],
         "avalanche_stream_forgetting": summary.avalanche_stream_forgetting,
         "allocation": summary.extra.get("allocation"),
@@ -290,6 +307,8 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
                    if args.protocol == "reference" else f"{args.protocol} protocol of this project",
                    "experiences": len(stream.benchmark.train_stream), "device": args.device,
                    "processes": world, "per_process_batch": batch // world,
+                   "loader": {"num_workers": args.workers, "persistent_workers": args.workers > 0,
+                              "pin_memory": torch.device(args.device).type == "cuda"},
                    "classes_per_experience": [experience_classes(e) for e in stream.benchmark.train_stream],
                    "torch": torch.__version__, "python": platform.python_version(),
                    "threads": torch.get_num_threads()},
@@ -344,7 +363,5 @@ def main(argv=None) -> Dict[str, str]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, OSError) as err:      # bad input: one clear line, no traceback
-        sys.exit(f"benchmarks.run: error: {err}")
+    from benchmarks import run_command
+    run_command(main, "benchmarks.run")

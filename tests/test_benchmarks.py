@@ -34,17 +34,19 @@ def test_parameter_table_counts_match_the_closed_forms():
     assert rows["joint"]["heads"] == 2 * C + C * T * K + T * K
 
 
-def test_runner_writes_one_record_per_run_and_the_report(tmp_path):
+def test_runner_writes_one_record_per_run_and_the_report(tmp_path, capsys):
     out = tmp_path / "bench"
     paths = run.main(["--strategy", "dualprompt", "joint", "--seeds", "0", "1", "--experiences", "2",
                       "--epochs", "1", "--train-per-class", "8", "--test-per-class", "4", "--output", str(out),
                       "--no-progress"])
+    assert " images/s (" not in capsys.readouterr().out                 # no per-epoch lines with --no-progress
     records = sorted(p.name for p in (out / "runs").iterdir())
     assert records == ["dualprompt_seed0.json", "dualprompt_seed1.json", "joint_seed0.json", "joint_seed1.json"]
     record = json.loads((out / "runs" / "dualprompt_seed1.json").read_text())
     assert record["seed"] == 1 and record["benchmark"] == "synthetic"
     assert len(record["accuracy_matrix"]) == 2 and record["config"]["lr"] == pytest.approx(0.003)
     assert record["train_images_per_second"] > 0
+    assert [(e["experience"], e["images"]) for e in record["epoch_images_per_second"]] == [(0, 32), (1, 32)]
     joint = json.loads((out / "runs" / "joint_seed0.json").read_text())
     assert joint["average_forgetting"] is None and len(joint["accuracy_matrix"]) == 1
     table = (out / "results.md").read_text()

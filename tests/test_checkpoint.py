@@ -57,6 +57,9 @@ def test_resuming_after_any_experience_gives_the_uninterrupted_run(method, tmp_p
     assert resumed.average_forgetting == full.average_forgetting
     assert resumed.avalanche_stream_forgetting == full.avalanche_stream_forgetting
     assert resumed.extra.get("allocation") == full.extra.get("allocation")
+    where = [(e["experience"], e["epoch"], e["images"]) for e in full.extra["epochs"]]
+    assert where == [(t, 0, 20) for t in range(3)]                   # images/s per epoch, kept across the resume
+    assert [(e["experience"], e["epoch"], e["images"]) for e in resumed.extra["epochs"]] == where
     assert numbers(resumed_strategy.evaluator.get_last_metrics()) == numbers(reference.evaluator.get_last_metrics())
     for (name, a), b in zip(reference.model.state_dict().items(), resumed_strategy.model.state_dict().values()):
         assert torch.equal(a, b), name

@@ -10,13 +10,16 @@ from tqdm import tqdm
 
 from ..evaluation.summary import RunSummary, summarize_run
 from ..plugins.checkpointing import CheckpointPlugin
+from ..plugins.throughput import EpochThroughput
 from ..plugins.timing import FirstIterationTimer
 from .checkpoint import checkpoint_files, is_main_process, latest_checkpoint, load_checkpoint, restore_strategy
+from .loading import loader_kwargs
 
 
 def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool = True,
                num_workers: int = 0, checkpoint_dir: Optional[str] = None, resume: bool = False,
-               keep_checkpoints: int = 2) -> RunSummary:
+               keep_checkpoints: int = 2, pin_memory: Optional[bool] = None,
+               persistent_workers: Optional[bool] = None, epoch_report: bool = False) -> RunSummary:
     """Train ``strategy`` on every experience of ``benchmark.train_stream`` in turn.
 
     After experience ``t`` it evaluates on ``test_stream[:t+1]`` (the classes seen
@@ -32,6 +35,13 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
     strategy must be built exactly as for the interrupted run. ``resume``
     without a checkpoint starts from the beginning.
 
+    ``num_workers``, ``pin_memory`` and ``persistent_workers`` go to every
+    training and evaluation loader (see :func:`~avalanche_convprompt.runs.loading.loader_kwargs`:
+    persistent workers by default when there are workers, pinned memory on CUDA).
+    Every training epoch's images/s, loading included, is in ``extra["epochs"]``
+    (:class:`~avalanche_convprompt.plugins.throughput.EpochThroughput`); with
+    ``epoch_report`` (and ``progress``) it is also printed, one line per epoch.
+
     A joint-training strategy (``is_joint``) is trained once on the whole
     training stream and tested once on the whole test stream (no checkpoints:
     it has a single step).
@@ -40,24 +50,25 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
     progress = progress and is_main_process()      # one progress bar, not one per process
     started = time.perf_counter()
     experiences = list(benchmark.train_stream)
+    loading = loader_kwargs(num_workers, pin_memory, persistent_workers)
     timer = FirstIterationTimer()
-    strategy.plugins.append(timer)
+    throughput = EpochThroughput(report=tqdm.write if epoch_report and progress else None, label=method)
+    strategy.plugins += [timer, throughput]
     try:
         if getattr(strategy, "is_joint", False):
-            train_seconds = timer.timed(strategy.train, experiences, eval_streams=[], num_workers=num_workers)
-            strategy.eval(benchmark.test_stream, num_workers=num_workers)
+            train_seconds = timer.timed(strategy.train, experiences, eval_streams=[], **loading)
+            strategy.eval(benchmark.test_stream, **loading)
         else:
-            train_seconds, start, checkpoints = _prepare_checkpoints(strategy, checkpoint_dir, resume,
-                                                                     keep_checkpoints)
-            timing = {"train_seconds": train_seconds}
+            resumed, start, checkpoints = _prepare_checkpoints(strategy, checkpoint_dir, resume, keep_checkpoints)
+            timing = {"train_seconds": float(resumed.get("train_seconds", 0.0))}
+            throughput.epochs[:0] = resumed.get("epochs", [])        # the epochs before the interruption
             if checkpoints is not None:
-                checkpoints.extra = lambda: dict(timing)
+                checkpoints.extra = lambda: {**timing, "epochs": list(throughput.epochs)}
             bar = tqdm(range(start, len(experiences)), desc=method, unit="exp", disable=not progress,
                        initial=start, total=len(experiences))
             for t in bar:
-                timing["train_seconds"] += timer.timed(strategy.train, experiences[t], eval_streams=[],
-                                                       num_workers=num_workers)
-                metrics = strategy.eval(benchmark.test_stream[: t + 1], num_workers=num_workers)
+                timing["train_seconds"] += timer.timed(strategy.train, experiences[t], eval_streams=[], **loading)
+                metrics = strategy.eval(benchmark.test_stream[: t + 1], **loading)
                 if checkpoints is not None:
                     checkpoints.flush(strategy)
                 accuracy = metrics.get("Top1_Acc_Stream/eval_phase/test_stream/Task000")
@@ -66,12 +77,14 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
             train_seconds = timing["train_seconds"]
     finally:
         strategy.plugins.remove(timer)
+        strategy.plugins.remove(throughput)
     train_images = strategy.train_epochs * sum(len(e.dataset) for e in experiences) - timer.untimed_images
     summary = summarize_run(strategy, method)
     summary.extra["wall_seconds"] = round(time.perf_counter() - started, 2)
     summary.extra["train_seconds"] = round(train_seconds, 2)
     summary.extra["train_images_per_second"] = round(train_images / max(train_seconds, 1e-9), 2)
     summary.extra["untimed_warm_up_seconds"] = round(timer.untimed_seconds, 2)
+    summary.extra["epochs"] = throughput.epochs
     expansion = getattr(strategy, "expansion", None)
     if expansion is not None:
         summary.extra["allocation"] = [
@@ -81,11 +94,14 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
 
 
 def _prepare_checkpoints(strategy, directory: Optional[str], resume: bool, keep: int):
-    """``(train_seconds_so_far, first_experience, plugin)``: resumes from the newest checkpoint if asked."""
+    """``(extra, first_experience, plugin)``: resumes from the newest checkpoint if asked.
+
+    ``extra`` is what the checkpoint's ``extra`` held (train seconds, epoch rates), ``{}`` for a fresh run.
+    """
     if directory is None:
         if resume:
             raise ValueError("resume=True needs a checkpoint_dir")
-        return 0.0, 0, None
+        return {}, 0, None
 
     plugin = next((p for p in strategy.plugins if isinstance(p, CheckpointPlugin)), None)
     if plugin is None:
@@ -97,10 +113,10 @@ def _prepare_checkpoints(strategy, directory: Optional[str], resume: bool, keep:
                 os.remove(stale)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
-        return 0.0, 0, plugin
+        return {}, 0, plugin
     path = latest_checkpoint(directory)
     if path is None:
-        return 0.0, 0, plugin
+        return {}, 0, plugin
     state = load_checkpoint(path)
     completed = restore_strategy(strategy, state)
-    return float(state["extra"].get("train_seconds", 0.0)), completed, plugin
+    return dict(state["extra"]), completed, plugin
