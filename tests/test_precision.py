@@ -238,3 +238,30 @@ def test_precision_values_and_spellings():
     assert str(err.value) == message
     with pytest.raises(ValueError, match=r"got True$"):
         resolve_precision(True)
+
+
+def test_runner_and_quickstart_take_precision_and_their_records_hold_it(tmp_path):
+    import importlib.util
+    import json
+    import os
+    from benchmarks import run
+    small = ["--experiences", "2", "--epochs", "1", "--train-per-class", "8", "--test-per-class", "4"]
+    out = tmp_path / "bench"
+    run.main(["--strategy", "convprompt", "--seeds", "0", "--precision", "bf16", "--output", str(out),
+              "--no-progress", *small])
+    record = json.loads((out / "runs" / "convprompt_seed0.json").read_text())
+    assert record["config"]["precision"] == record["config"]["recipe"]["precision"] == "bf16"
+    assert "| ConvPrompt (bf16) | 0 |" in (out / "results.md").read_text()
+    # an fp32 seed beside it: the report refuses to average the two precisions
+    with pytest.raises(ValueError, match=r"runs of 'convprompt' mix precisions 'bf16' and '32'; report them from "
+                                         r"separate folders"):
+        run.main(["--strategy", "convprompt", "--seeds", "0", "1", "--resume", "--output", str(out),
+                  "--no-progress", *small])
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "quickstart.py")
+    spec = importlib.util.spec_from_file_location("quickstart", path)
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    args = quickstart.parse_args(["--allocation", "fixed", "--precision", "16", *small])
+    for method in ("convprompt", "finetune"):        # what main() trains (its results.json config is vars(args))
+        assert quickstart.make_strategy(method, args, None, stream=None).precision == "16"
