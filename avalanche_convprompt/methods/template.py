@@ -18,6 +18,9 @@
   are clipped;
 * gives the backbone's LayerNorms ``norm_lr_scale x lr`` from the second
   experience on;
+* runs the forward pass and the loss in the strategy's ``precision``
+  (:mod:`~avalanche_convprompt.methods.precision`: fp32, or autocast to bf16 or
+  fp16 with fp32 parameters, gradients, optimiser state and logits);
 * evaluates over all classes seen so far; labels of classes not trained yet
   count as errors, never as crashes;
 * trains on batches that also hold samples of earlier classes (Avalanche's
