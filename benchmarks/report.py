@@ -184,14 +184,14 @@ def _group(runs: Sequence[dict]) -> Dict[str, List[dict]]:
         if any(r["seed"] == run["seed"] for r in group):
             raise ValueError(f"{_describe(run, i)}: seed {run['seed']!r} of {run['method']!r} appears twice; "
                              "a duplicate would weigh that seed double")
-        if group and _run_replay(run) != _run_replay(group[0]):
-            raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix replay buffers of "
-                             f"{_run_replay(group[0])} and {_run_replay(run)} samples (0: no replay); "
-                             "report them from separate folders")
         if group and _run_precision(run) != _run_precision(group[0]):
             raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix precisions "
                              f"{_run_precision(group[0])!r} and {_run_precision(run)!r}; report them from separate "
                              "folders")
+        if group and _run_replay(run) != _run_replay(group[0]):
+            raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix replay buffers of "
+                             f"{_run_replay(group[0])} and {_run_replay(run)} samples (0: no replay); "
+                             "report them from separate folders")
         group.append(run)
     return groups
 
@@ -202,11 +202,6 @@ def _run_replay(run: dict) -> int:
     return int(replay.get("mem_size", 0)) if isinstance(replay, dict) else 0
 
 
-def _run_precision(run: dict) -> str:
-    """``config.precision`` (``"32"`` in records from before the field)."""
-    return str(_config(run).get("precision", "32"))
-
-
 def _label(group: Sequence[dict]) -> str:
     """The method's label, with the replay buffer when its runs used one ("ConvPrompt + replay 200") and the
     precision when it is not fp32 ("ConvPrompt (bf16)")."""
@@ -215,6 +210,11 @@ def _label(group: Sequence[dict]) -> str:
     label = f"{label} + replay {replay}" if replay else label
     precision = _run_precision(group[0])
     return label if precision == "32" else f"{label} ({precision})"
+
+
+def _run_precision(run: dict) -> str:
+    """``config.precision`` (``"32"`` in records from before the field)."""
+    return str(_config(run).get("precision", "32"))
 
 
 def _is_joint(run: dict) -> bool:

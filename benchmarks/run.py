@@ -144,10 +144,10 @@ def parse_args(argv=None):
                         "with --resume, an unfinished replay run starts again (checkpoints hold no buffer)")
     p.add_argument("--train-per-class", type=int, default=120, help="synthetic stream only")
     p.add_argument("--test-per-class", type=int, default=50, help="synthetic stream only")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="32", choices=PRECISIONS,
                    help="'32': fp32; 'bf16' / '16': the forward and the loss under autocast, fp32 weights, gradients "
                         "and optimiser state ('16' with a gradient scaler); see README 'Mixed precision'")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--output", default=None, help="default: results/benchmark_<benchmark>")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -32,7 +32,7 @@ from avalanche_convprompt.data.offline_backbone import create_offline_backbone
 from avalanche_convprompt.data.streams import synthetic_stream
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.methods import build_strategy
-from avalanche_convprompt.methods.precision import PRECISIONS, resolve_precision
+from avalanche_convprompt.methods.precision import PRECISIONS, check_supported, resolve_precision
 from avalanche_convprompt.runs import run_stream
 
 from conftest import tiny_vit
@@ -238,6 +238,11 @@ def test_precision_values_and_spellings():
     assert str(err.value) == message
     with pytest.raises(ValueError, match=r"got True$"):
         resolve_precision(True)
+    # a device without autocast is refused rather than run in fp32 under a bf16 label
+    with pytest.raises(ValueError) as err:
+        check_supported("bf16", "meta")
+    assert str(err.value) == "precision='bf16': torch has no autocast for device type 'meta'; use precision='32'"
+    check_supported("32", "meta")
 
 
 def test_runner_and_quickstart_take_precision_and_their_records_hold_it(tmp_path):
