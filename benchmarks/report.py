@@ -204,12 +204,12 @@ def _run_replay(run: dict) -> int:
 
 def _label(group: Sequence[dict]) -> str:
     """The method's label, with the replay buffer when its runs used one ("ConvPrompt + replay 200") and the
-    precision when it is not fp32 ("ConvPrompt (bf16)")."""
+    precision when it is not fp32 ("ConvPrompt (bf16)", "ConvPrompt (fp16)")."""
     label = str(group[0].get("label") or group[0]["method"])
     replay = _run_replay(group[0])
     label = f"{label} + replay {replay}" if replay else label
     precision = _run_precision(group[0])
-    return label if precision == "32" else f"{label} ({precision})"
+    return label if precision == "32" else f"{label} ({'fp16' if precision == '16' else precision})"
 
 
 def _run_precision(run: dict) -> str:

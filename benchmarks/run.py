@@ -55,7 +55,7 @@ replay run again from its first experience (finished ones are still skipped).
 ``--precision bf16`` (or ``16``) trains and evaluates every method under
 autocast (:mod:`avalanche_convprompt.methods.precision`); the records hold it
 under ``config.precision`` and ``config.recipe.precision``, and the report
-labels those rows "<method> (bf16)" and refuses to average precisions together.
+labels those rows "<method> (bf16)" or "(fp16)" and refuses to average precisions together.
 
 Methods come from the registry (:mod:`avalanche_convprompt.methods`): the
 built-in six and any method a module registers; ``--import MODULE`` imports
