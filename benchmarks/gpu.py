@@ -19,7 +19,11 @@ Precisions: ``fp32`` (fp32 weights and maths, TF32 off for matmuls and cuDNN, so
 it is real fp32), ``bf16`` (``torch.autocast(dtype=torch.bfloat16)`` around the
 forward and the loss only; weights, gradients and optimiser state stay fp32,
 backward runs outside autocast) and, on request, ``tf32`` (fp32 with TF32
-matmuls and cuDNN allowed).
+matmuls and cuDNN allowed). They are the strategies' ``precision`` argument
+(:data:`STRATEGY_PRECISION`): ``l2p``, ``dualprompt`` and ``coda`` are built as
+strategies with it and step with their own autocast; ``plain`` and
+``convprompt-G`` are bare models (a strategy has no "plain" method), run under
+the same autocast (:func:`avalanche_convprompt.methods.precision.autocast`).
 
 A training step is forward, the strategy's loss, backward, gradient clipping and
 an Adam step over exactly what the strategy trains; an evaluation step is a
@@ -47,12 +51,13 @@ import gc
 import os
 import sys
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
 from tqdm import tqdm
 
+from avalanche_convprompt.methods import precision as strategy_precision
 from benchmarks import speed
 
 SETTINGS = ("plain", "convprompt-5", "convprompt-50", "l2p", "dualprompt", "coda")
@@ -60,18 +65,18 @@ METHOD_SETTINGS = ("l2p", "dualprompt", "coda")            # built through speed
 PRECISIONS = {
     "fp32": "fp32 weights and maths; TF32 off for matmuls and cuDNN",
     "tf32": "fp32 weights; TF32 allowed for matmuls and cuDNN",
-    "bf16": "torch.autocast(bfloat16) around forward + loss; fp32 weights, gradients and Adam state; "
-            "backward outside autocast; TF32 off",
+    "bf16": "the strategies' precision='bf16': torch.autocast(bfloat16) around forward + loss; fp32 weights, "
+            "gradients and Adam state; backward outside autocast; TF32 off",
 }
+#: each precision as the strategies' ``precision`` argument
+STRATEGY_PRECISION = {"fp32": "32", "tf32": "32", "bf16": "bf16"}
 TASKS = 10             # the baselines are grown to the last of 10 tasks
 CLASSES = 10           # classes of the trained head
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], ContextManager]:
-    """The context the forward and the loss run in for ``precision``."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext
+    """The context the forward and the loss of a bare model run in for ``precision`` (the strategies' own)."""
+    return lambda: strategy_precision.autocast(STRATEGY_PRECISION[precision], device)
 
 
 def under(autocast: Callable[[], ContextManager], step: Callable[[], None]) -> Callable[[], None]:
@@ -87,16 +92,18 @@ def set_tf32(allowed: bool) -> None:
     torch.backends.cudnn.allow_tf32 = allowed
 
 
-def build_setting(setting: str, backbone: str, batch: int, device: torch.device,
-                  autocast: Callable[[], ContextManager], stack: ExitStack):
-    """``(model, train_step, eval_step, enter_eval)`` of one setting.
+def build_setting(setting: str, precision: str, backbone: str, batch: int, device: torch.device,
+                  stack: ExitStack):
+    """``(model, train_step, eval_step, enter_eval)`` of one setting in one precision.
 
     ``enter_eval()`` puts the model in the state ``strategy.eval`` keeps it in
     (eval mode; ConvPrompt: generator outputs reused until ``stack`` closes).
     """
     if setting in METHOD_SETTINGS:
-        train, evaluate, _, net = speed.method_step_fns(setting, backbone, batch, TASKS, device, autocast=autocast)
+        train, evaluate, _, net = speed.method_step_fns(setting, backbone, batch, TASKS, device,
+                                                        precision=STRATEGY_PRECISION[precision])
         return net, train, evaluate, net.eval
+    autocast = autocast_for(precision, device)
     generators = 0 if setting == "plain" else int(setting.split("-", 1)[1])
     model = speed.build(backbone, generators, CLASSES, device)
     img = model.backbone.vit.patch_embed.img_size
@@ -107,7 +114,8 @@ def build_setting(setting: str, backbone: str, batch: int, device: torch.device,
         model.eval()
         if generators:
             speed.reusing_outputs(model, stack)
-    return model, speed.training_step_fn(model, x, y, autocast=autocast), speed.eval_step_fn(model, x), enter_eval
+    return (model, speed.training_step_fn(model, x, y, autocast=autocast),
+            under(autocast, speed.eval_step_fn(model, x)), enter_eval)
 
 
 def timed(step: Callable[[], None], warmup: int, steps: int, device: torch.device):
@@ -129,11 +137,10 @@ def timed(step: Callable[[], None], warmup: int, steps: int, device: torch.devic
 def measure_setting(setting: str, precision: str, args, device: torch.device) -> Dict:
     """Build one setting in one precision, time its training and evaluation steps."""
     set_tf32(precision == "tf32")
-    autocast = autocast_for(precision, device)
     started = time.perf_counter()
     with ExitStack() as stack:
-        model, train, evaluate, enter_eval = build_setting(setting, args.backbone, args.batch, device,
-                                                           autocast, stack)
+        model, train, evaluate, enter_eval = build_setting(setting, precision, args.backbone, args.batch, device,
+                                                           stack)
         built = time.perf_counter() - started
         dtypes: List[torch.dtype] = []          # what the forwards returned: bf16 proves autocast ran
         stack.callback(model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype)).remove)
@@ -142,7 +149,7 @@ def measure_setting(setting: str, precision: str, args, device: torch.device) ->
         train_dtype = dtypes[-1]
         model.zero_grad(set_to_none=True)
         enter_eval()
-        eval_s, eval_peak = timed(under(autocast, evaluate), args.warmup, args.steps, device)
+        eval_s, eval_peak = timed(evaluate, args.warmup, args.steps, device)
         eval_dtype = dtypes[-1]
     images = args.batch * args.steps
     return {"train_images_per_s": images / train_s, "eval_images_per_s": images / eval_s,

@@ -184,6 +184,10 @@ def _group(runs: Sequence[dict]) -> Dict[str, List[dict]]:
         if any(r["seed"] == run["seed"] for r in group):
             raise ValueError(f"{_describe(run, i)}: seed {run['seed']!r} of {run['method']!r} appears twice; "
                              "a duplicate would weigh that seed double")
+        if group and _run_precision(run) != _run_precision(group[0]):
+            raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix precisions "
+                             f"{_run_precision(group[0])!r} and {_run_precision(run)!r}; report them from separate "
+                             "folders")
         if group and _run_replay(run) != _run_replay(group[0]):
             raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix replay buffers of "
                              f"{_run_replay(group[0])} and {_run_replay(run)} samples (0: no replay); "
@@ -207,12 +211,19 @@ def _run_task_incremental(run: dict) -> bool:
 
 
 def _label(group: Sequence[dict]) -> str:
-    """The method's label, with replay and task-incremental evaluation when its runs used them
-    ("ConvPrompt + replay 200", "ConvPrompt (task-incremental)")."""
+    """The method's label, with replay, task-incremental evaluation and a precision other than fp32 when its
+    runs used them ("ConvPrompt + replay 200", "ConvPrompt (task-incremental)", "ConvPrompt (bf16)")."""
     label = str(group[0].get("label") or group[0]["method"])
     replay = _run_replay(group[0])
     label = f"{label} + replay {replay}" if replay else label
-    return f"{label} (task-incremental)" if _run_task_incremental(group[0]) else label
+    label = f"{label} (task-incremental)" if _run_task_incremental(group[0]) else label
+    precision = _run_precision(group[0])
+    return label if precision == "32" else f"{label} ({'fp16' if precision == '16' else precision})"
+
+
+def _run_precision(run: dict) -> str:
+    """``config.precision`` (``"32"`` in records from before the field)."""
+    return str(_config(run).get("precision", "32"))
 
 
 def _is_joint(run: dict) -> bool:

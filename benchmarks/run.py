@@ -58,6 +58,11 @@ under ``config.replay`` and the report labels those rows "<method> + replay N".
 A checkpoint holds no replay buffer, so ``--resume`` starts an unfinished
 replay run again from its first experience (finished ones are still skipped).
 
+``--precision bf16`` (or ``16``) trains and evaluates every method under
+autocast (:mod:`avalanche_convprompt.methods.precision`); the records hold it
+under ``config.precision`` and ``config.recipe.precision``, and the report
+labels those rows "<method> (bf16)" or "(fp16)" and refuses to average precisions together.
+
 Methods come from the registry (:mod:`avalanche_convprompt.methods`): the
 built-in six and any method a module registers; ``--import MODULE`` imports
 such a module first (see ``docs/adding_a_method.md``):
@@ -97,6 +102,7 @@ from avalanche_convprompt.data.streams import STREAM_NAMES, make_stream
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.methods import (CONVPROMPT_BACKBONE, METHODS, PROTOCOLS, build_strategy, get_method,
                                           reference_recipe, resolved_recipe)
+from avalanche_convprompt.methods.precision import PRECISIONS
 from avalanche_convprompt.models.backbones import OFFLINE, backbone_image_size, make_backbone
 from avalanche_convprompt.models.prompt_plan import SELECTIONS as PROMPT_SELECTIONS
 from avalanche_convprompt.plugins import distribute
@@ -157,6 +163,9 @@ def parse_args(argv=None):
                         "sample is scored by its own task's head (default: class-incremental)")
     p.add_argument("--train-per-class", type=int, default=120, help="synthetic stream only")
     p.add_argument("--test-per-class", type=int, default=50, help="synthetic stream only")
+    p.add_argument("--precision", default="32", choices=PRECISIONS,
+                   help="'32': fp32; 'bf16' / '16': the forward and the loss under autocast, fp32 weights, gradients "
+                        "and optimiser state ('16' with a gradient scaler); see README 'Mixed precision'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=None,
                    help="data-loader worker processes per training process, persistent through an experience; "
@@ -277,7 +286,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
             method, args.protocol,
             allocation=make_allocation(args, stream) if "allocation" in get_method(method).accepts else None,
             backbone=make_backbone(backbone_name, pretrained=not args.no_pretrained), train_mb_size=batch // world,
-            eval_mb_size=max(batch // world, 128), device=args.device, plugins=plugins,
+            eval_mb_size=max(batch // world, 128), device=args.device, precision=args.precision, plugins=plugins,
             evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []), **kwargs)
         if dist.is_distributed():
             if kwargs.get("lr") is None:   # the default rate scales with the batch: the global one, not a slice
@@ -306,6 +315,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
                    "recipe_source": reference_recipe(method, args.benchmark).source
                    if args.protocol == "reference" else f"{args.protocol} protocol of this project",
                    "experiences": len(stream.benchmark.train_stream), "device": args.device,
+                   "precision": strategy.precision,
                    "processes": world, "per_process_batch": batch // world,
                    "loader": {"num_workers": args.workers, "persistent_workers": args.workers > 0,
                               "pin_memory": torch.device(args.device).type == "cuda"},

@@ -174,15 +174,17 @@ def measure(fns: Dict[str, Callable[[], None]], rounds: int, device, desc: str) 
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device,
-                    autocast: Callable[[], ContextManager] = nullcontext):
+def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device, precision: str = "32"):
     """Training-step and eval-forward closures for one method grown to ``tasks`` tasks.
 
     The step is the strategy's own: its optimiser over its ``trainable_groups()``
-    (built by its ``make_optimizer``), its ``training_loss()`` on the batch, its
-    ``optimizer_step()`` (clipping and schedule); so any registered method is
-    measured exactly as it trains, with no per-method code here. ``autocast``:
-    as in :func:`training_step_fn` (the training step's forward and loss only).
+    (built by its ``make_optimizer``), its ``forward()`` and ``training_loss()``
+    on the batch under its autocast, its ``backward()`` (the finite-loss check;
+    the gradient scaler in ``"16"``) and its ``optimizer_step()`` (clipping,
+    schedule); so any registered method is measured exactly as it trains, with
+    no per-method code here. The evaluation forward is the strategy's
+    ``forward()`` under ``torch.no_grad()``. ``precision`` is the strategy's
+    argument (``"32"``, ``"bf16"``, ``"16"``).
     """
     from avalanche_convprompt.methods import build_strategy
     from avalanche_convprompt.models.prompted_vit import resolve_backbone
@@ -190,7 +192,8 @@ def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device,
 
     torch.manual_seed(0)
     vit = resolve_backbone(backbone, pretrained=False)
-    strategy = build_strategy(method, "shared", backbone=vit, device=str(device), evaluator=None)
+    strategy = build_strategy(method, "shared", backbone=vit, device=str(device), evaluator=None,
+                              precision=precision)
     net = grow(strategy, method, tasks, 10).to(device)       # a non-continual method: one head over all classes
     class_ids = net.heads.heads[-1].class_ids
     img = net.backbone.vit.patch_embed.img_size
@@ -202,17 +205,17 @@ def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device,
 
     def train_step():
         strategy.optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with strategy.autocast():
             strategy.mb_output = strategy.forward()
             strategy.loss = strategy.training_loss()
-        strategy.loss.backward()
+        strategy.backward()
         strategy.optimizer_step()
 
     def eval_forward():
         with torch.no_grad(), ExitStack() as stack:
             if hasattr(pool, "reuse_generator_outputs"):       # ConvPrompt's pass convolves once, then reuses
                 stack.enter_context(pool.reuse_generator_outputs())
-            net(x)
+            strategy.forward()
 
     passes = 2 if getattr(pool, "needs_query", False) else 1
     return train_step, eval_forward, passes, net

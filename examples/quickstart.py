@@ -9,7 +9,7 @@ classes, shipped with the package. Runs in a few minutes on 2 CPU cores:
 The same script runs the paper's setting given a timm model and a real dataset:
 
     python examples/quickstart.py --backbone vit_base_patch16_224.augreg_in21k \\
-        --stream split_cifar100 --data-root ~/data --device cuda
+        --stream split_cifar100 --data-root ~/data --device cuda --precision bf16
 
 It prints the accuracy matrix, final average accuracy and average forgetting of
 each method, and writes ``results.json`` and ``quickstart.png`` to ``--output``.
@@ -35,6 +35,7 @@ from avalanche_convprompt.runs.files import ensure_writable_dir, write_json  # n
 from avalanche_convprompt.evaluation.plots import plot_allocation, plot_runs  # noqa: E402
 from avalanche_convprompt.data.experiences import experience_classes  # noqa: E402
 from avalanche_convprompt.data.streams import STREAM_NAMES, make_stream  # noqa: E402
+from avalanche_convprompt.methods.precision import PRECISIONS  # noqa: E402
 
 OFFLINE = backbones.OFFLINE
 # The small shipped backbone (6 blocks, width 128, 4 heads of 32) gets a prompt
@@ -79,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="32", choices=PRECISIONS,
+                   help="'32': fp32; 'bf16' / '16': forward and loss under autocast, fp32 weights and optimiser "
+                        "state ('16' with a gradient scaler)")
     p.add_argument("--output", default="results/quickstart")
     args = p.parse_args(argv)
     defaults = DEFAULTS[OFFLINE if args.backbone == OFFLINE else "paper"]
@@ -125,7 +129,8 @@ def make_allocation(args, stream):
 def make_strategy(method: str, args, log_file, stream):
     from avalanche.logging import TextLogger
     common = dict(backbone=make_backbone(args), lr=args.lr, train_mb_size=args.batch, train_epochs=args.epochs,
-                  eval_mb_size=max(args.batch, 128), device=args.device, normalize_inputs=args.normalize_inputs,
+                  eval_mb_size=max(args.batch, 128), device=args.device, precision=args.precision,
+                  normalize_inputs=args.normalize_inputs,
                   evaluator=default_cl_evaluator(loggers=[TextLogger(log_file)]))
     if method == "convprompt":
         return ConvPrompt(prompt_layers=args.prompt_layers, prompt_length=args.prompt_length,

@@ -180,15 +180,16 @@ def build_strategy(name: str, protocol: str, allocation=None, **common):
 _MODULE_SETTINGS = ("prompt_layers", "prompt_length", "kernel_size", "train_keys", "pool_size", "top_k", "g_layers",
                     "e_layers", "g_length", "e_length", "components_per_task", "selection", "shared_prompt_pool")
 _STRATEGY_SETTINGS = ("lr", "lr_schedule", "clip_grad_norm", "norm_lr_scale", "freeze_old_heads", "train_epochs",
-                      "train_mb_size", "eval_mb_size", "matching_weight", "drift_penalty", "orthogonality_penalty")
+                      "train_mb_size", "eval_mb_size", "matching_weight", "drift_penalty", "orthogonality_penalty",
+                      "precision")
 
 
 def resolved_recipe(strategy) -> Dict:
     """Every setting a built strategy trains with, read back from it (for run records).
 
     The rate as resolved (``lr``, after batch scaling), schedule, clipping,
-    epochs, batches, loss weights, the prompt module's sizes and selection, and
-    ConvPrompt's allocation policy.
+    epochs, batches, loss weights, the precision (``"32"``, ``"bf16"``, ``"16"``),
+    the prompt module's sizes and selection, and ConvPrompt's allocation policy.
     """
     def plain(v):
         return list(v) if isinstance(v, tuple) else v

@@ -18,6 +18,9 @@
   are clipped;
 * gives the backbone's LayerNorms ``norm_lr_scale x lr`` from the second
   experience on;
+* runs the forward pass and the loss in the strategy's ``precision``
+  (:mod:`~avalanche_convprompt.methods.precision`: fp32, or autocast to bf16 or
+  fp16 with fp32 parameters, gradients, optimiser state and logits);
 * evaluates over all classes seen so far; labels of classes not trained yet
   count as errors, never as crashes;
 * trains on batches that also hold samples of earlier classes (Avalanche's
@@ -102,6 +105,7 @@ from ..runs.distributed import unwrap
 from .optimisation import (LR_SCHEDULES, OptimizerFactory, SchedulerFactory, check_schedule_owner,
                            experience_schedule, first_optimizer, install_groups, resolve_lr)
 from .optimisation import epoch_quarter_cosine  # noqa: F401  (public here since 0.1)
+from .precision import autocast, check_supported, make_scaler, resolve_precision
 
 
 def build_prompted_classifier(backbone: Union[str, VisionTransformer], pretrained: bool,
@@ -159,6 +163,14 @@ class PromptedViTTemplate(SupervisedTemplate):
         task_incremental: one head per task label, each sample tested by its
             own task's head (see the module docstring); ``False``, the default,
             is class-incremental and ignores task labels.
+        precision: ``"32"`` (default, plain fp32), ``"bf16"`` or ``"16"``: the
+            forward pass and the loss (training and evaluation) run under
+            ``torch.autocast`` in that dtype on the strategy's device; parameters,
+            gradients and optimiser state stay fp32 and the returned logits are
+            cast to fp32. ``"16"`` also scales the loss with a gradient scaler
+            (one per experience) and skips a step whose gradients overflow. Also
+            spelled ``"fp32"``, ``"bf16-mixed"``, ``"16-mixed"``, ``"fp16"``
+            (:mod:`~avalanche_convprompt.methods.precision`).
         The remaining arguments are ``SupervisedTemplate``'s; an Avalanche
         ``LRSchedulerPlugin`` in ``plugins`` (or added later), built on
         ``strategy.optimizer`` or on ``optimizer``, owns the schedule instead.
@@ -176,7 +188,8 @@ class PromptedViTTemplate(SupervisedTemplate):
                  lr_schedule: Optional[str] = None, optimizer: Optional[torch.optim.Optimizer] = None,
                  optimizer_factory: Optional[OptimizerFactory] = None,
                  scheduler_factory: Optional[SchedulerFactory] = None, task_incremental: bool = False,
-                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
+                 precision: Union[str, int] = "32", train_mb_size: int = 128, train_epochs: int = 10,
+                 eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
         if train_mb_size < 1 or train_epochs < 1:
@@ -193,9 +206,13 @@ class PromptedViTTemplate(SupervisedTemplate):
         self.clip_grad_norm = clip_grad_norm
         self.freeze_old_heads = freeze_old_heads
         self.scheduler = None
+        self.precision = resolve_precision(precision)
+        self.scaler = None                  # precision "16": a GradScaler, made per experience by make_optimizer
+        self.skipped_steps = 0              # updates the scaler skipped in the current experience
         model.heads.task_incremental = bool(task_incremental)
         self._warned_task_labels = False
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        check_supported(self.precision, device)
         # Avalanche wants the optimiser now: the same object trains every experience (see make_optimizer)
         optimizer = first_optimizer([p for p in model.parameters() if p.requires_grad], self.lr,
                                     optimizer, optimizer_factory)
@@ -356,6 +373,8 @@ class PromptedViTTemplate(SupervisedTemplate):
         per_epoch = max(1, len(self.dataloader)) if self.dataloader else 1
         self.scheduler = experience_schedule(self.optimizer, self.plugins, self.lr_schedule, self.scheduler_factory,
                                              per_epoch, self.train_epochs)
+        self.scaler = make_scaler(self.precision, self.device)     # lives as long as the optimiser's state
+        self.skipped_steps = 0
 
     def check_model_and_optimizer(self, reset_optimizer_state=False, **kwargs):
         self.model = self.model_adaptation()
@@ -370,6 +389,10 @@ class PromptedViTTemplate(SupervisedTemplate):
         Nothing has been changed by that batch yet, and checkpoints are only
         written after evaluated experiences, so the last one stays intact.
         (One host synchronisation per iteration: negligible next to a ViT step.)
+        The check is on the unscaled loss in every precision: in ``"16"`` an
+        overflow of the *scaled gradients* (finite loss) is the scaler's to
+        handle (the step is skipped, see :meth:`optimizer_step`), while a
+        non-finite loss comes from the forward pass, which no scale changes.
         """
         loss = self.loss.detach()
         if not bool(torch.isfinite(loss)):
@@ -378,15 +401,49 @@ class PromptedViTTemplate(SupervisedTemplate):
                 f"epoch {self.clock.train_exp_epochs}, iteration {self.clock.train_epoch_iterations}; training "
                 "stopped before the update (lower the learning rate or check the inputs); the last checkpoint, "
                 "if any, is intact")
-        super().backward()
+        if self.scaler is None:
+            super().backward()
+        else:
+            self.scaler.scale(self.loss).backward(retain_graph=self.retain_graph)
 
     def optimizer_step(self):
+        """Clip, step, advance the schedule. With a scaler (``"16"``): unscale first, so clipping sees
+        the true gradients, and let the scaler skip the update when they hold inf/NaN.
+
+        The schedule advances after a skipped update too: it follows the
+        iterations, as it does in fp32, so it still ends where it should.
+        """
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        self.optimizer.step()
-        if self.scheduler is not None:          # None: an LRSchedulerPlugin steps the rate
+        skipped = False
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            skipped = self._scaled_step()
+        if self.scheduler is None:              # an LRSchedulerPlugin steps the rate
+            return
+        if not skipped:
             self.scheduler.step()
+            return
+        with warnings.catch_warnings():         # torch warns when no optimizer.step() preceded its first step
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            self.scheduler.step()
+
+    def _scaled_step(self) -> bool:
+        """The scaler's step and update; ``True`` when it skipped the update (the scale went down)."""
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        skipped = self.scaler.get_scale() < scale
+        self.skipped_steps += int(skipped)
+        return skipped
+
+    def autocast(self):
+        """The context the forward pass and the loss run in for this strategy's ``precision``."""
+        return autocast(self.precision, self.device)
 
     def eval_epoch(self, **kwargs):
         """Avalanche's evaluation loop; prompt pools convolve once for the whole pass."""
@@ -398,11 +455,14 @@ class PromptedViTTemplate(SupervisedTemplate):
 
     # ----------------------------------------------------------------- losses
     def forward(self):
-        if not self.task_incremental:
-            return self.model(self.mb_x)
-        tasks = self.mb_task_id
-        output = self.model(self.mb_x, task_labels=tasks)
-        return output if self.is_training else self._untrained_tasks_wrong(output, tasks)
+        """The logits, in fp32 whatever the precision (a no-op in ``"32"``)."""
+        with self.autocast():
+            output = self.model(self.mb_x) if not self.task_incremental else \
+                self.model(self.mb_x, task_labels=self.mb_task_id)
+        output = output.float()
+        if not self.task_incremental or self.is_training:
+            return output
+        return self._untrained_tasks_wrong(output, self.mb_task_id)
 
     def _untrained_tasks_wrong(self, output: Tensor, tasks: Tensor) -> Tensor:
         """Rows of tasks without a head (all lowest values) get their largest logit past every label of the batch."""
@@ -419,9 +479,9 @@ class PromptedViTTemplate(SupervisedTemplate):
         raise NotImplementedError
 
     def criterion(self) -> Tensor:
-        if self.is_training:
-            return self.training_loss()
-        return self.eval_loss()
+        with self.autocast():
+            loss = self.training_loss() if self.is_training else self.eval_loss()
+        return loss.float()
 
     def eval_loss(self) -> Tensor:
         """Cross-entropy over seen classes, on the samples whose class was seen.
