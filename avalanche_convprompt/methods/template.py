@@ -96,6 +96,7 @@ from torch import Tensor, nn
 
 from ..data.experiences import describe_experience, experience_classes, experience_task_labels
 from ..models.classifier import PromptedClassifier
+from ..models.compilation import compile_backend
 from ..models.heads import UNKNOWN_TASK, label_positions
 from ..models.prompted_vit import PromptedViT, input_statistics, resolve_backbone
 from ..runs.distributed import unwrap
@@ -159,6 +160,9 @@ class PromptedViTTemplate(SupervisedTemplate):
         task_incremental: one head per task label, each sample tested by its
             own task's head (see the module docstring); ``False``, the default,
             is class-incremental and ignores task labels.
+        compile: run the frozen backbone's blocks through ``torch.compile``
+            (inductor); prompts, heads and loss stay eager, and a growing pool
+            does not recompile (:mod:`~avalanche_convprompt.models.compilation`).
         The remaining arguments are ``SupervisedTemplate``'s; an Avalanche
         ``LRSchedulerPlugin`` in ``plugins`` (or added later), built on
         ``strategy.optimizer`` or on ``optimizer``, owns the schedule instead.
@@ -176,9 +180,11 @@ class PromptedViTTemplate(SupervisedTemplate):
                  lr_schedule: Optional[str] = None, optimizer: Optional[torch.optim.Optimizer] = None,
                  optimizer_factory: Optional[OptimizerFactory] = None,
                  scheduler_factory: Optional[SchedulerFactory] = None, task_incremental: bool = False,
+                 compile: bool = False,
                  train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
+        backend = compile_backend(compile)          # refuses a non-bool, or True where torch.compile cannot run
         if train_mb_size < 1 or train_epochs < 1:
             raise ValueError(f"train_mb_size and train_epochs must be >= 1, got {train_mb_size}, {train_epochs}")
         if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
@@ -194,6 +200,7 @@ class PromptedViTTemplate(SupervisedTemplate):
         self.freeze_old_heads = freeze_old_heads
         self.scheduler = None
         model.heads.task_incremental = bool(task_incremental)
+        model.backbone.compile_backend = backend
         self._warned_task_labels = False
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         # Avalanche wants the optimiser now: the same object trains every experience (see make_optimizer)
