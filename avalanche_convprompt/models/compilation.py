@@ -87,6 +87,7 @@ def run_compiled(fn: Callable, backend: Optional[Backend], module: nn.Module, *t
     """``fn(module, *tensors)``, compiled for ``backend`` with the tensors' batch axis (0) dynamic."""
     if backend is None:
         return fn(module, *tensors)
+    run = compiled(fn, backend)                 # imports torch._dynamo on first use
     for t in tensors:
         torch._dynamo.maybe_mark_dynamic(t, 0)
-    return compiled(fn, backend)(module, *tensors)
+    return run(module, *tensors)
