@@ -25,6 +25,15 @@ strategies with it and step with their own autocast; ``plain`` and
 ``convprompt-G`` are bare models (a strategy has no "plain" method), run under
 the same autocast (:func:`avalanche_convprompt.methods.precision.autocast`).
 
+``--compile`` also measures every (setting, precision) with the backbone's
+blocks compiled (``compile=True``: ``torch.compile``, inductor; see
+``avalanche_convprompt/models/compilation.py``) as ``<precision>+compile``. Its
+compilation happens in the warm-up steps (``warmup_s`` records them; keep
+``--warmup`` >= 2 so that training and evaluation graphs are built before
+timing); ``graphs`` counts the graphs Dynamo built for it (the compile cache is
+reset before each), and ``compiled_vs_eager_max_rel_diff`` compares its
+evaluation logits with the eager model's on one batch.
+
 A training step is forward, the strategy's loss, backward, gradient clipping and
 an Adam step over exactly what the strategy trains; an evaluation step is a
 forward under ``torch.no_grad()`` in eval mode. Each (setting, precision) gets a
@@ -41,6 +50,7 @@ measurement, so a run cut short still leaves its results.
     python -m benchmarks.gpu                                  # CUDA, ViT-B/16, batch 128, fp32 and bf16
     python -m benchmarks.gpu --output $OUT/gpu.json           # JSON there, markdown beside it (gpu.md)
     python -m benchmarks.gpu --precisions fp32 tf32 bf16      # also TF32
+    python -m benchmarks.gpu --compile                        # also each precision with compile=True
     python -m benchmarks.gpu --device cpu --batch 2           # CPU smoke run (slow: ViT-B/16)
     python -m benchmarks.gpu --device cpu --batch 2 --backbone vit_tiny_patch16_224 --warmup 1 --steps 1
 """
@@ -58,6 +68,7 @@ import torch
 from tqdm import tqdm
 
 from avalanche_convprompt.methods import precision as strategy_precision
+from avalanche_convprompt.models.compilation import check_compile_available
 from benchmarks import speed
 
 SETTINGS = ("plain", "convprompt-5", "convprompt-50", "l2p", "dualprompt", "coda")
@@ -118,14 +129,20 @@ def build_setting(setting: str, precision: str, backbone: str, batch: int, devic
             under(autocast, speed.eval_step_fn(model, x)), enter_eval)
 
 
-def timed(step: Callable[[], None], warmup: int, steps: int, device: torch.device):
-    """Seconds for ``steps`` calls after ``warmup`` ones, and the peak memory (MiB; None off CUDA)."""
+def timed(step: Callable[[], None], warmup: int, steps: int, device: torch.device, warm: Optional[List] = None):
+    """Seconds for ``steps`` calls after ``warmup`` ones, and the peak memory (MiB; None off CUDA).
+
+    ``warm``, when given, gets the seconds the warm-up steps took appended (compilation included).
+    """
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
     for _ in range(warmup):
         step()
     speed.synchronize(device)
+    if warm is not None:
+        warm.append(time.perf_counter() - started)
     started = time.perf_counter()
     for _ in range(steps):
         step()
@@ -135,28 +152,59 @@ def timed(step: Callable[[], None], warmup: int, steps: int, device: torch.devic
 
 
 def measure_setting(setting: str, precision: str, args, device: torch.device) -> Dict:
-    """Build one setting in one precision, time its training and evaluation steps."""
+    """Build one setting in one precision (``<precision>+compile``: blocks compiled), time its steps."""
+    precision, _, compiled = precision.partition("+")
     set_tf32(precision == "tf32")
     started = time.perf_counter()
+    warm: List[float] = []
     with ExitStack() as stack:
         model, train, evaluate, enter_eval = build_setting(setting, precision, args.backbone, args.batch, device,
                                                            stack)
+        if compiled:
+            torch.compiler.reset()                      # this measurement's graphs only
+            graphs_before = graph_count()
+            model.backbone.compile_backend = args.compile_backend
         built = time.perf_counter() - started
         dtypes: List[torch.dtype] = []          # what the forwards returned: bf16 proves autocast ran
         stack.callback(model.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype)).remove)
         model.train()
-        train_s, train_peak = timed(train, args.warmup, args.steps, device)
+        train_s, train_peak = timed(train, args.warmup, args.steps, device, warm)
         train_dtype = dtypes[-1]
         model.zero_grad(set_to_none=True)
         enter_eval()
-        eval_s, eval_peak = timed(evaluate, args.warmup, args.steps, device)
+        eval_s, eval_peak = timed(evaluate, args.warmup, args.steps, device, warm)
         eval_dtype = dtypes[-1]
+        extra = {"graphs": graph_count() - graphs_before,
+                 "compiled_vs_eager_max_rel_diff": compiled_vs_eager(model, autocast_for(precision, device),
+                                                                     args.batch, device)} \
+            if compiled else {}
     images = args.batch * args.steps
     return {"train_images_per_s": images / train_s, "eval_images_per_s": images / eval_s,
             "train_peak_mib": train_peak, "eval_peak_mib": eval_peak,
             "train_output_dtype": str(train_dtype), "eval_output_dtype": str(eval_dtype),
             "tf32": torch.backends.cuda.matmul.allow_tf32, "build_s": built,
+            "train_warmup_s": warm[0], "eval_warmup_s": warm[1], **extra,
             "wall_s": time.perf_counter() - started}
+
+
+def graph_count() -> int:
+    """Graphs Dynamo has compiled in this process (since the last ``torch.compiler.reset()`` or start)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compiled_vs_eager(model, autocast: Callable[[], ContextManager], batch: int, device: torch.device) -> float:
+    """``max |compiled - eager| / max |eager|`` of the evaluation logits on one random batch."""
+    x = torch.rand(batch, 3, *model.backbone.vit.patch_embed.img_size, device=device)
+    backend = model.backbone.compile_backend
+    with torch.no_grad(), autocast():
+        out = model(x).float()
+        model.backbone.compile_backend = None
+        try:
+            eager = model(x).float()
+        finally:
+            model.backbone.compile_backend = backend
+    return float((out - eager).abs().max() / eager.abs().max().clamp_min(1e-30))
 
 
 def release(device: torch.device) -> None:
@@ -181,6 +229,9 @@ def add_ratios(results: Dict[str, Dict[str, Dict]]) -> None:
                 r[f"{phase}_time_vs_plain"] = plain[key] / r[key] if plain else None
                 if precision != "fp32":
                     r[f"{phase}_speedup_vs_fp32"] = r[key] / fp32[key] if fp32 else None
+                if precision.endswith("+compile"):
+                    eager = ok(setting, precision.partition("+")[0])
+                    r[f"{phase}_compile_speedup"] = r[key] / eager[key] if eager else None
 
 
 def cell(r: Optional[Dict], key: str, fmt: str) -> str:
@@ -194,7 +245,7 @@ def cell(r: Optional[Dict], key: str, fmt: str) -> str:
 
 
 def format_markdown(result: Dict) -> str:
-    precisions = result["precisions"]
+    precisions = result.get("modes", result["precisions"])        # modes: precisions and their +compile
     gpu = f", {result['device_memory_mib'] / 1024:.0f} GiB" if result.get("device_memory_mib") else ""
     lines = [f"{result['backbone']}, batch {result['batch']}, {result['warmup']} warm-up + {result['steps']} timed "
              f"steps, {result['device_name']}{gpu}, torch {result['torch']}, timm {result['timm']}; "
@@ -208,6 +259,12 @@ def format_markdown(result: Dict) -> str:
     faster = [p for p in precisions if p != "fp32"] if "fp32" in precisions else []
     columns += [(f"{p} speed-up {phase}", f"{phase}_speedup_vs_fp32", ".2f", [p])
                 for p in faster for phase in ("train", "eval")]
+    compiled = [p for p in precisions if p.endswith("+compile")]
+    columns += [(f"{p} vs eager {phase}", f"{phase}_compile_speedup", ".2f", [p])
+                for p in compiled for phase in ("train", "eval")]
+    columns += [(f"{p} {name}", key, fmt, [p]) for p in compiled
+                for name, key, fmt in (("graphs", "graphs", "d"), ("warm-up s train", "train_warmup_s", ".1f"),
+                                       ("max rel diff", "compiled_vs_eager_max_rel_diff", ".1e"))]
     header = [f"{name} {p}" if len(ps) > 1 else name for name, _, _, ps in columns for p in ps]
     lines += ["| setting | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     for setting in result["settings"]:
@@ -232,6 +289,10 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     p.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true",
+                   help="also measure each precision with the blocks compiled (compile=True), as <precision>+compile")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of --compile (inductor is what compile=True uses)")
     p.add_argument("--time-budget", type=float, default=270.0,
                    help="seconds after which no new measurement starts (the rest is recorded as skipped)")
     p.add_argument("--output", default=os.path.join("benchmarks", "results", "gpu", "gpu.json"),
@@ -241,6 +302,11 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch < 1:
         p.error("--steps and --batch must be positive, --warmup not negative")
+    if args.compile:
+        try:
+            check_compile_available()
+        except RuntimeError as err:
+            p.error(str(err))
     return args
 
 
@@ -253,6 +319,7 @@ def main(argv=None) -> Dict:
     cuda = device.type == "cuda"
     settings = [s for s in SETTINGS if s in args.settings]
     precisions = [p for p in PRECISIONS if p in args.precisions]
+    modes = precisions + ([f"{p}+compile" for p in precisions] if args.compile else [])
     markdown_path = os.path.splitext(args.output)[0] + ".md"
     started = time.time()
     result = {
@@ -263,12 +330,13 @@ def main(argv=None) -> Dict:
         "device_memory_mib": torch.cuda.get_device_properties(device).total_memory / 2 ** 20 if cuda else None,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "timm": timm.__version__, "python": sys.version.split()[0],
-        "precisions": precisions, "precision_meaning": {p: PRECISIONS[p] for p in precisions},
+        "precisions": precisions, "modes": modes, "compile_backend": args.compile_backend if args.compile else None,
+        "precision_meaning": {p: PRECISIONS[p] for p in precisions},
         "fp32_tf32_off": True, "settings": settings, "time_budget_s": args.time_budget,
         "results": {}, "skipped": [], "wall_s": 0.0,
     }
     tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    units = [(s, p) for s in settings for p in precisions]
+    units = [(s, p) for s in settings for p in modes]
     try:
         bar = tqdm(units, desc="gpu benchmark", file=sys.stderr,
                    disable=True if args.no_progress else None)         # None: off when stderr is no terminal
@@ -304,7 +372,9 @@ def progress_line(setting: str, precision: str, r: Dict) -> str:
     return (f"{setting:>13} {precision}: train {r['train_images_per_s']:8.1f} img/s (peak {mib(r['train_peak_mib'])}),"
             f" eval {r['eval_images_per_s']:8.1f} img/s (peak {mib(r['eval_peak_mib'])}), "
             f"output {r['train_output_dtype'].replace('torch.', '')}, build {r['build_s']:.1f} s, "
-            f"total {r['wall_s']:.1f} s")
+            f"total {r['wall_s']:.1f} s"
+            + (f", {r['graphs']} graphs, warm-up {r['train_warmup_s']:.1f} s, max rel diff vs eager "
+               f"{r['compiled_vs_eager_max_rel_diff']:.1e}" if "graphs" in r else ""))
 
 
 def write(result: Dict, started: float, path: str, markdown_path: str) -> str:

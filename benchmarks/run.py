@@ -177,6 +177,8 @@ def parse_args(argv=None):
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic GPU kernels (slower; CPU runs are deterministic anyway)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished runs")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the frozen backbone's blocks (compile=True; inductor, pays off on GPUs)")
     args = p.parse_args(argv)
     if args.protocol is None:
         args.protocol = "offline" if args.benchmark == "synthetic" or args.backbone == OFFLINE else "shared"
@@ -287,6 +289,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
             allocation=make_allocation(args, stream) if "allocation" in get_method(method).accepts else None,
             backbone=make_backbone(backbone_name, pretrained=not args.no_pretrained), train_mb_size=batch // world,
             eval_mb_size=max(batch // world, 128), device=args.device, precision=args.precision, plugins=plugins,
+            compile=args.compile,
             evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []), **kwargs)
         if dist.is_distributed():
             if kwargs.get("lr") is None:   # the default rate scales with the batch: the global one, not a slice
@@ -320,7 +323,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
                    "loader": {"num_workers": args.workers, "persistent_workers": args.workers > 0,
                               "pin_memory": torch.device(args.device).type == "cuda"},
                    "classes_per_experience": [experience_classes(e) for e in stream.benchmark.train_stream],
-                   "torch": torch.__version__, "python": platform.python_version(),
+                   "compile": args.compile, "torch": torch.__version__, "python": platform.python_version(),
                    "threads": torch.get_num_threads()},
     }
     if main_process:                       # one writer; the other processes wait for it
@@ -352,6 +355,8 @@ def main(argv=None) -> Dict[str, str]:
         extra = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class) \
             if args.benchmark == "synthetic" else {}
         settings = strategy_settings(method, args)
+        if args.compile:                    # each run's graphs from scratch: other backbones' count towards
+            torch.compiler.reset()          # PyTorch's recompile limit otherwise (see models/compilation.py)
         img_size = backbone_image_size(settings[0]["backbone"])
         stream = make_stream(args.benchmark, data_root=args.data_root, n_experiences=args.experiences, seed=seed,
                              img_size=img_size, **extra)

@@ -18,6 +18,7 @@ under ``torch.no_grad()``. Random weights: speed does not depend on them.
 
     python -m benchmarks.speed                      # ViT-B/16, batch 8, G = 5 and 50
     python -m benchmarks.speed --output results/speed.json
+    python -m benchmarks.speed --compile            # also each model with compile=True ("<name> compiled")
 
 ``--compare-methods`` measures instead every method of the comparison
 (fine-tuning, L2P, DualPrompt, CODA-Prompt, ConvPrompt, joint) with its
@@ -295,6 +296,8 @@ def run(argv, stack: ExitStack) -> Dict:
     parser.add_argument("--methods", nargs="+", default=None,
                         help="with --compare-methods (default: every registered continual method)")
     add_import_option(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time plain and convprompt-G with the backbone's blocks compiled (compile=True)")
     parser.add_argument("--tasks", type=int, default=10, help="with --compare-methods: tasks grown before measuring")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
@@ -312,6 +315,11 @@ def run(argv, stack: ExitStack) -> Dict:
     models = {"plain": build(args.backbone, 0, 10, device)}
     for g in args.generators:
         models[f"convprompt-{g}"] = build(args.backbone, g, 10, device)
+    if args.compile:              # compiled twins; measure()'s warm-up call compiles their graphs
+        from avalanche_convprompt.models.compilation import compile_backend
+        for name, g in [("plain", 0)] + [(f"convprompt-{g}", g) for g in args.generators]:
+            models[f"{name} compiled"] = build(args.backbone, g, 10, device)
+            models[f"{name} compiled"].backbone.compile_backend = compile_backend(True)
     img = models["plain"].backbone.vit.patch_embed.img_size
     x = torch.rand(args.batch, 3, *img, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)

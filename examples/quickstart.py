@@ -79,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--normalize-inputs", action="store_true", help="apply the timm weights' mean/std")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the frozen backbone's blocks (inductor; pays off on GPUs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="32", choices=PRECISIONS,
                    help="'32': fp32; 'bf16' / '16': forward and loss under autocast, fp32 weights and optimiser "
@@ -130,7 +132,7 @@ def make_strategy(method: str, args, log_file, stream):
     from avalanche.logging import TextLogger
     common = dict(backbone=make_backbone(args), lr=args.lr, train_mb_size=args.batch, train_epochs=args.epochs,
                   eval_mb_size=max(args.batch, 128), device=args.device, precision=args.precision,
-                  normalize_inputs=args.normalize_inputs,
+                  normalize_inputs=args.normalize_inputs, compile=args.compile,
                   evaluator=default_cl_evaluator(loggers=[TextLogger(log_file)]))
     if method == "convprompt":
         return ConvPrompt(prompt_layers=args.prompt_layers, prompt_length=args.prompt_length,

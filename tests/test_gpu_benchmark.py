@@ -57,3 +57,21 @@ def test_a_failing_setting_is_recorded_and_the_budget_skips_the_rest(tmp_path, m
         assert result["results"][setting][precision] == {"skipped": "time budget"}
     table = (tmp_path / "gpu.md").read_text()
     assert "error" in table and "coda/bf16" in table and "CUDA out of memory" in table
+
+
+def test_compile_measures_each_precision_compiled_and_compares_it_with_eager(tmp_path):
+    """``--compile`` (backend ``eager`` here: Dynamo's graphs without inductor's C++ build, for CI time)."""
+    out = tmp_path / "gpu.json"
+    result = gpu.main(["--device", "cpu", "--backbone", "vit_tiny_patch16_224", "--batch", "2", "--warmup", "2",
+                       "--steps", "1", "--settings", "convprompt-5", "--precisions", "fp32", "--compile",
+                       "--compile-backend", "eager", "--time-budget", "100000", "--output", str(out), "--no-progress"])
+    assert result["modes"] == ["fp32", "fp32+compile"] and result["compile_backend"] == "eager"
+    eager, compiled = result["results"]["convprompt-5"]["fp32"], result["results"]["convprompt-5"]["fp32+compile"]
+    assert "graphs" not in eager
+    # training: prefixed block with tokens without / with gradient, plain block; evaluation: prefixed, plain
+    assert compiled["graphs"] == 5
+    assert compiled["compiled_vs_eager_max_rel_diff"] <= 1e-6
+    assert compiled["train_compile_speedup"] == pytest.approx(compiled["train_images_per_s"] /
+                                                               eager["train_images_per_s"])
+    table = (tmp_path / "gpu.md").read_text()
+    assert "fp32+compile vs eager train" in table and "fp32+compile graphs" in table

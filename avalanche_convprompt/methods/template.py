@@ -99,6 +99,7 @@ from torch import Tensor, nn
 
 from ..data.experiences import describe_experience, experience_classes, experience_task_labels
 from ..models.classifier import PromptedClassifier
+from ..models.compilation import compile_backend
 from ..models.heads import UNKNOWN_TASK, label_positions
 from ..models.prompted_vit import PromptedViT, input_statistics, resolve_backbone
 from ..runs.distributed import unwrap
@@ -171,6 +172,9 @@ class PromptedViTTemplate(SupervisedTemplate):
             (one per experience) and skips a step whose gradients overflow. Also
             spelled ``"fp32"``, ``"bf16-mixed"``, ``"16-mixed"``, ``"fp16"``
             (:mod:`~avalanche_convprompt.methods.precision`).
+        compile: run the frozen backbone's blocks through ``torch.compile``
+            (inductor); prompts, heads and loss stay eager, and a growing pool
+            does not recompile (:mod:`~avalanche_convprompt.models.compilation`).
         The remaining arguments are ``SupervisedTemplate``'s; an Avalanche
         ``LRSchedulerPlugin`` in ``plugins`` (or added later), built on
         ``strategy.optimizer`` or on ``optimizer``, owns the schedule instead.
@@ -188,10 +192,11 @@ class PromptedViTTemplate(SupervisedTemplate):
                  lr_schedule: Optional[str] = None, optimizer: Optional[torch.optim.Optimizer] = None,
                  optimizer_factory: Optional[OptimizerFactory] = None,
                  scheduler_factory: Optional[SchedulerFactory] = None, task_incremental: bool = False,
-                 precision: Union[str, int] = "32", train_mb_size: int = 128, train_epochs: int = 10,
-                 eval_mb_size: Optional[int] = None,
+                 precision: Union[str, int] = "32", compile: bool = False,
+                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
+        backend = compile_backend(compile)          # refuses a non-bool, or True where torch.compile cannot run
         if train_mb_size < 1 or train_epochs < 1:
             raise ValueError(f"train_mb_size and train_epochs must be >= 1, got {train_mb_size}, {train_epochs}")
         if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
@@ -210,6 +215,7 @@ class PromptedViTTemplate(SupervisedTemplate):
         self.scaler = None                  # precision "16": a GradScaler, made per experience by make_optimizer
         self.skipped_steps = 0              # updates the scaler skipped in the current experience
         model.heads.task_incremental = bool(task_incremental)
+        model.backbone.compile_backend = backend
         self._warned_task_labels = False
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         check_supported(self.precision, device)

@@ -5,6 +5,7 @@
 * :mod:`.classifier` - backbone + prompt module + heads (:class:`PromptedClassifier`);
 * :mod:`.prompt_plan` - what a query-based prompt module hands the backbone for one batch;
 * :mod:`.backbones` - backbones by name (``"offline"`` or timm) and the published runs' backbones.
+* :mod:`.compilation` - ``compile=True``: ``torch.compile`` of the backbone's blocks, and why that unit.
 """
 from .classifier import PromptedClassifier
 from .heads import TaskHeads

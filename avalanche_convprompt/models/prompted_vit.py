@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import Tensor, nn
 
+from .compilation import Backend, run_compiled
+
 #: Called at every prompted block with ``(block_index, query)``; returns the
 #: ``(key_prefix, value_prefix)`` pair for that block.
 Prompter = Callable[[int, Tensor], Tuple[Tensor, Tensor]]
@@ -77,6 +79,11 @@ def prefixed_block(block: Block, x: Tensor, key_prefix: Tensor, value_prefix: Te
     """One pre-norm timm ``Block`` whose attention sees the given prefixes."""
     x = x + block.drop_path1(block.ls1(prefix_attention(block.attn, block.norm1(x), key_prefix, value_prefix)))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def plain_block(block: Block, x: Tensor) -> Tensor:
+    """One unprompted block (a function, so that ``compile=True`` compiles its computation, not the module)."""
+    return block(x)
 
 
 def resolve_backbone(backbone: Union[str, VisionTransformer], pretrained: bool = True, **timm_kwargs) -> VisionTransformer:
@@ -132,9 +139,17 @@ class PromptedViT(nn.Module):
 
     ``forward(x, prompter)`` returns the pooled pre-logits feature ``(B, C)``.
     With ``prompter=None`` the result equals ``vit.forward_head(vit.forward_features(x), pre_logits=True)``.
+
+    ``compile_backend`` (``None``: eager) runs every block through ``torch.compile``
+    with that backend; the prompter and everything outside the blocks stay eager
+    (see :mod:`~avalanche_convprompt.models.compilation`).
     """
 
-    def __init__(self, vit: VisionTransformer, prompt_layers: Sequence[int] = ()):
+    #: ``torch.compile`` backend for the blocks, or ``None`` (eager; also what older pickles get)
+    compile_backend: Optional[Backend] = None
+
+    def __init__(self, vit: VisionTransformer, prompt_layers: Sequence[int] = (),
+                 compile_backend: Optional[Backend] = None):
         super().__init__()
         check_backbone(vit)
         depth = len(vit.blocks)
@@ -146,6 +161,7 @@ class PromptedViT(nn.Module):
             raise ValueError(f"prompt layers must be strictly increasing, got {list(layers)}")
         self.vit = vit
         self.prompt_layers = layers
+        self.compile_backend = compile_backend
 
     @property
     def embed_dim(self) -> int:
@@ -216,12 +232,13 @@ class PromptedViT(nn.Module):
                 raise ValueError(f"prepended tokens must have shape (batch={x.shape[0]}, tokens, width={x.shape[2]}), "
                                  f"got {tuple(prepend.shape)}")
             x = torch.cat([x[:, :1], prepend.to(x.dtype), x[:, 1:]], dim=1)
+        backend = self.compile_backend
         for i, blk in enumerate(vit.blocks):
             if prompter is not None and i in self.prompt_layers:
                 key_prefix, value_prefix = prompter(i, x[:, 0])
-                x = prefixed_block(blk, x, key_prefix, value_prefix)
+                x = run_compiled(prefixed_block, backend, blk, x, key_prefix, value_prefix)
             else:
-                x = blk(x)
+                x = run_compiled(plain_block, backend, blk, x)
         x = vit.norm(x)
         if prepend is None:
             return vit.forward_head(x, pre_logits=True)
