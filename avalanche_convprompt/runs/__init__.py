@@ -4,6 +4,7 @@
 * :mod:`.checkpoint` - what a checkpoint holds, written atomically and read safely;
 * :mod:`.determinism` - seeding and deterministic algorithms;
 * :mod:`.distributed` - the process group under ``torchrun`` (the plugin is in :mod:`avalanche_convprompt.plugins`);
+* :mod:`.elastic` - after torchrun restarted the group (a lost worker), resuming from the job's last checkpoint;
 * :mod:`.files` - atomic writes of result files.
 """
 from .experiment import run_stream
