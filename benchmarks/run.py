@@ -321,7 +321,7 @@ def main(argv=None) -> Dict[str, str]:
     overall = tqdm(jobs, desc="runs", unit="run", disable=args.no_progress, position=0)
     for seed, method in overall:
         overall.set_postfix(method=method, seed=seed)
-        if elastic.from_main_process(finished, out, method, seed, args.resume):
+        if dist.from_main_process(finished, out, method, seed, args.resume):
             continue                        # finished before the interruption
         extra = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class) \
             if args.benchmark == "synthetic" else {}

@@ -12,10 +12,13 @@ of the second experience of seed ``--kill-seed``, on torchrun's first attempt on
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
 import sys
+import threading
+import time
 import warnings
 
 import torch
@@ -60,13 +63,30 @@ class Watch(SupervisedPlugin, supports_distributed=True):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def exit_with_the_agent(poll_seconds: float = 0.5) -> None:
+    """Exit as soon as torchrun's agent (the parent) is gone: workers have their own session, and an
+    orphan would hold the test's output pipe open."""
+    agent = os.getppid()
+
+    def watch():
+        while os.getppid() == agent:
+            time.sleep(poll_seconds)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--log-dir", required=True)
     p.add_argument("--kill-rank", type=int, default=-1, help="-1: nobody is killed")
     p.add_argument("--kill-seed", type=int, default=0)
+    p.add_argument("--give-up-after", type=float, default=300,
+                   help="seconds: then print every thread's stack and exit (a hang fails, with where)")
     p.add_argument("runner_args", nargs=argparse.REMAINDER, help="after --: the runner's command line")
     args = p.parse_args(argv)
+    faulthandler.dump_traceback_later(args.give_up_after, exit=True)
+    exit_with_the_agent()
     current = {}
     run_one, build_strategy = runner.run_one, runner.build_strategy
 

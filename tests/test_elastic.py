@@ -115,26 +115,30 @@ def test_outside_torchrun_nothing_resumes_unless_asked(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- 2 processes, a worker killed
 def _launch(log_dir, out, kill_rank):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     for name in ("TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID"):
         env.pop(name, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--max-restarts", "1", "--monitor-interval", "0.2", os.path.join(HERE, "elastic_worker.py"),
            "--log-dir", str(log_dir), "--kill-rank", str(kill_rank), "--kill-seed", "1",
-           "--", *RUNNER_ARGS, "--output", str(out)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "--give-up-after", str(TIMEOUT - 60), "--", *RUNNER_ARGS, "--output", str(out)]
+    output = open(log_dir.parent / "torchrun.txt", "w+")       # a file, not a pipe: an orphan cannot block it
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True), output
 
 
-def _finish(proc, what):
+def _finish(launched, what):
+    proc, output = launched
     try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
+        proc.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.kill()
-        output, _ = proc.communicate()
-        pytest.fail(f"{what} timed out after {TIMEOUT}s:\n{output[-4000:]}")
-    assert proc.returncode == 0, f"{what} failed (exit {proc.returncode}):\n{output[-6000:]}"
-    return output
+        proc.wait()
+    output.seek(0)
+    text = output.read()
+    output.close()
+    assert proc.returncode == 0, f"{what} failed (exit {proc.returncode}):\n{text[-6000:]}"
+    return text
 
 
 def _events(log_dir):
@@ -179,3 +183,20 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_resumes_to_the_sam
         assert len(a["accuracy_matrix"]) == 3
         assert a["config"]["torchrun_job"] != b["config"]["torchrun_job"]     # two jobs, each with its own id
     assert not (dirs["elastic"][1] / "checkpoints" / "convprompt_seed1").exists()     # removed once finished
+
+
+def test_after_a_restart_the_runner_skips_only_the_runs_this_job_finished(tmp_path, monkeypatch):
+    from benchmarks.run import finished
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "l2p_seed0.json").write_text(json.dumps({"config": {"torchrun_job": "job-a"}}))
+    (tmp_path / "runs" / "l2p_seed1.json").write_text(json.dumps({"config": {}}))       # outside torchrun
+    torchrun_env(monkeypatch, 1, job="job-a")
+    assert finished(str(tmp_path), "l2p", 0, resume=False)
+    assert not finished(str(tmp_path), "l2p", 1, resume=False)        # an earlier command's record: run again
+    assert not finished(str(tmp_path), "l2p", 2, resume=False)        # no record
+    assert finished(str(tmp_path), "l2p", 1, resume=True)             # --resume takes any record, as before
+    torchrun_env(monkeypatch, 1, job="job-b")
+    assert not finished(str(tmp_path), "l2p", 0, resume=False)
+    torchrun_env(monkeypatch, 0, job="job-a")                          # a first attempt skips nothing
+    assert not finished(str(tmp_path), "l2p", 0, resume=False)

@@ -8,7 +8,7 @@ starts the whole group again with the same command line, setting
   :func:`~avalanche_convprompt.runs.run_stream` (``resume=None``, its default)
   loads the newest complete checkpoint of its ``checkpoint_dir`` and the runner
   skips runs whose record this job already wrote, as ``--resume`` would;
-* **a first attempt does not**: without ``--resume`` (``resume=True``) a
+* **a first attempt does not**: without ``--resume`` (``resume=True``), a
   command's first attempt starts every run afresh and removes its old
   checkpoints, as before. A person re-running a command may have changed a
   setting; torchrun's restart runs the same command, so its checkpoints fit;
@@ -20,21 +20,20 @@ starts the whole group again with the same command line, setting
   rendezvous of one's own (``--rdzv-endpoint`` without ``--rdzv-id``) is
   ``"none"``, which cannot tell jobs apart: then every file counts as this job's;
 * **every rank resumes from the same file**: rank 0 picks it and broadcasts
-  its path. Only rank 0 writes checkpoints, to a temporary name renamed once
-  flushed (:func:`~avalanche_convprompt.runs.checkpoint.write_checkpoint`), so a
-  file half-written when a worker died is never a candidate; such leftovers
-  are removed on resume.
+  its path (:func:`~avalanche_convprompt.runs.distributed.from_main_process`).
+  Only rank 0 writes checkpoints, to a temporary name renamed once flushed
+  (:func:`~avalanche_convprompt.runs.checkpoint.write_checkpoint`), so a file
+  half-written when a worker died is never a candidate; such leftovers are
+  removed on resume.
 """
 from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Callable, List, Optional
+from typing import List, Optional
 
-from avalanche.distributed import DistributedHelper
 
-__all__ = ["restart_count", "job_id", "auto_resume", "written_by_this_job", "from_main_process",
-           "remove_unfinished_writes"]
+__all__ = ["restart_count", "job_id", "auto_resume", "written_by_this_job", "remove_unfinished_writes"]
 
 _NO_ID = ("", "none")         # torchrun's default --rdzv-id: the same for every job
 
@@ -59,11 +58,6 @@ def written_by_this_job(tag: Optional[str]) -> bool:
     """Whether a file tagged with ``tag`` (its writer's :func:`job_id`) belongs to this job."""
     mine = job_id()
     return mine is None or tag == mine
-
-
-def from_main_process(fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """``fn(*args, **kwargs)`` evaluated on rank 0 and broadcast, so every rank acts on one decision."""
-    return DistributedHelper.broadcast_object(fn(*args, **kwargs) if DistributedHelper.is_main_process else None)
 
 
 def remove_unfinished_writes(directory: str) -> List[str]:

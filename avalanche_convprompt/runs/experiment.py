@@ -13,6 +13,7 @@ from ..plugins.checkpointing import CheckpointPlugin
 from ..plugins.timing import FirstIterationTimer
 from . import elastic
 from .checkpoint import checkpoint_files, is_main_process, latest_checkpoint, load_checkpoint, restore_strategy
+from .distributed import from_main_process
 
 
 def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool = True,
@@ -86,7 +87,7 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
 
 
 def _prepare_checkpoints(strategy, directory: Optional[str], resume: Optional[bool], keep: int):
-    """``(train_seconds_so_far, first_experience, plugin)``: resumes from the newest checkpoint if asked or restarted."""
+    """``(train_seconds_so_far, first_experience, plugin)``: resumes if asked or restarted by torchrun."""
     if directory is None:
         if resume:
             raise ValueError("resume=True needs a checkpoint_dir")
@@ -113,7 +114,7 @@ def _checkpoint_to_resume(directory: str, only_this_job: bool):
     With ``only_this_job`` (a restart by torchrun, not ``resume=True``) a
     checkpoint that another torchrun job wrote is not used.
     """
-    path = elastic.from_main_process(_newest_complete, directory)
+    path = from_main_process(_newest_complete, directory)
     if path is None:
         return None
     state = load_checkpoint(path)
