@@ -24,7 +24,11 @@ starts the whole group again with the same command line, setting
   Only rank 0 writes checkpoints, to a temporary name renamed once flushed
   (:func:`~avalanche_convprompt.runs.checkpoint.write_checkpoint`), so a file
   half-written when a worker died is never a candidate; such leftovers are
-  removed on resume.
+  removed on resume;
+* **a restarted group does not meet the dead one**: torchrun's agent keeps one
+  store for all attempts, so :func:`~avalanche_convprompt.runs.distributed.init_from_torchrun`
+  gives each attempt keys of its own (else gloo may connect to the dead ranks'
+  addresses: "connectFullMesh failed ... Connection refused", or hang).
 """
 from __future__ import annotations
 
