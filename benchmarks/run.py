@@ -51,6 +51,10 @@ strategy ``task_incremental=True``: one head per task, each test sample scored
 by its own task's head; the records hold ``config.task_incremental`` and the
 report labels those rows "<method> (task-incremental)".
 
+With ``--max-restarts N`` torchrun starts the group again when a worker dies;
+the restarted command then resumes by itself, as with ``--resume`` but only from
+this torchrun job's records and checkpoints (:mod:`avalanche_convprompt.runs.elastic`).
+
 ``--replay N`` adds Avalanche's ``ReplayPlugin(mem_size=N)`` to every continual
 method (how each loss treats the replayed samples: "Batches with earlier
 classes" in :mod:`avalanche_convprompt.methods.template`); the records hold it
@@ -88,6 +92,7 @@ records in ``OUTPUT/runs``. Per run, Avalanche's text log goes to ``OUTPUT/logs/
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -107,6 +112,7 @@ from avalanche_convprompt.models.backbones import OFFLINE, backbone_image_size, 
 from avalanche_convprompt.models.prompt_plan import SELECTIONS as PROMPT_SELECTIONS
 from avalanche_convprompt.plugins import distribute
 from avalanche_convprompt.runs import distributed as dist
+from avalanche_convprompt.runs import elastic
 from avalanche_convprompt.runs import run_stream
 from avalanche_convprompt.runs.determinism import enable_deterministic_algorithms, seed_everything
 from avalanche_convprompt.runs.files import ensure_writable_dir, write_json
@@ -298,7 +304,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
         checkpoints = os.path.join(out, "checkpoints", f"{method}_seed{seed}")
         summary = run_stream(strategy, stream.benchmark, f"{method} seed {seed}", progress=not args.no_progress,
                              num_workers=args.workers, epoch_report=True, checkpoint_dir=checkpoints,
-                             resume=args.resume and replay is None)    # a checkpoint holds no replay buffer
+                             resume=(args.resume or None) if replay is None else False)   # None: after a restart
     recipe = {"backbone": backbone_name, **resolved_recipe(strategy), "train_mb_size": batch}
     record = {
         "method": method, "label": get_method(method).label, "benchmark": stream.name, "seed": seed,
@@ -326,12 +332,25 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
                    "compile": args.compile, "torch": torch.__version__, "python": platform.python_version(),
                    "threads": torch.get_num_threads()},
     }
+    if elastic.job_id() is not None:       # a restart of this torchrun job skips this run
+        record["config"]["torchrun_job"] = elastic.job_id()
     if main_process:                       # one writer; the other processes wait for it
         write_json(os.path.join(out, "runs", f"{method}_seed{seed}.json"), record)
         if not args.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
     dist.barrier()
     return record
+
+
+def finished(out: str, method: str, seed: int, resume: bool) -> bool:
+    """Whether to skip a run: with ``--resume`` its record exists; after a torchrun restart this job wrote it."""
+    path = os.path.join(out, "runs", f"{method}_seed{seed}.json")
+    if not (resume or elastic.restart_count()) or not os.path.isfile(path):
+        return False
+    if resume:
+        return True
+    with open(path, encoding="utf-8") as f:
+        return elastic.written_by_this_job(json.load(f)["config"].get("torchrun_job"))
 
 
 def main(argv=None) -> Dict[str, str]:
@@ -343,6 +362,9 @@ def main(argv=None) -> Dict[str, str]:
         if args.batch % dist.world_size():
             raise ValueError(f"--batch {args.batch} must be divisible by the {dist.world_size()} processes")
     args.no_progress = args.no_progress or not dist.is_main_process()
+    if elastic.restart_count() and dist.is_main_process():
+        print(f"torchrun restart {elastic.restart_count()}: runs this job finished are skipped, the unfinished one "
+              "resumes from its last checkpoint", flush=True)
     out = ensure_writable_dir(args.output)
     ensure_writable_dir(os.path.join(out, "runs"))
     started = time.time()
@@ -350,7 +372,7 @@ def main(argv=None) -> Dict[str, str]:
     overall = tqdm(jobs, desc="runs", unit="run", disable=args.no_progress, position=0)
     for seed, method in overall:
         overall.set_postfix(method=method, seed=seed)
-        if args.resume and os.path.isfile(os.path.join(out, "runs", f"{method}_seed{seed}.json")):
+        if dist.from_main_process(finished, out, method, seed, args.resume):
             continue                        # finished before the interruption
         extra = dict(train_per_class=args.train_per_class, test_per_class=args.test_per_class) \
             if args.benchmark == "synthetic" else {}

@@ -5,6 +5,7 @@
 * :mod:`.determinism` - seeding and deterministic algorithms;
 * :mod:`.loading` - data-loader settings: worker processes, pinned memory;
 * :mod:`.distributed` - the process group under ``torchrun`` (the plugin is in :mod:`avalanche_convprompt.plugins`);
+* :mod:`.elastic` - after torchrun restarted the group (a lost worker), resuming from the job's last checkpoint;
 * :mod:`.files` - atomic writes of result files.
 """
 from .experiment import run_stream

@@ -10,6 +10,7 @@ described there.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Any, Callable, List, Optional, Sequence
 
 import torch
@@ -20,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "init_from_torchrun", "is_distributed", "rank", "world_size", "is_main_process", "barrier", "on_main_process",
-    "main_process_loggers", "broadcast_model_state", "max_difference_across_ranks", "wrap_ddp", "unwrap",
+    "from_main_process", "main_process_loggers", "broadcast_model_state", "max_difference_across_ranks", "wrap_ddp",
+    "unwrap",
 ]
 
 
@@ -48,8 +50,45 @@ def init_from_torchrun(seed: int, backend: Optional[str] = None, device: Optiona
         raise RuntimeError(f"LOCAL_RANK {os.environ['LOCAL_RANK']} but only {torch.cuda.device_count()} GPUs visible: "
                            "use --nproc_per_node <= the number of GPUs")
     if not DistributedHelper.is_distributed:
-        DistributedHelper.init_distributed(seed, backend=backend, use_cuda=use_cuda)
+        with _a_store_of_this_attempt():
+            DistributedHelper.init_distributed(seed, backend=backend, use_cuda=use_cuda)
     return DistributedHelper.make_device()
+
+
+@contextmanager
+def _a_store_of_this_attempt():
+    """Within: Avalanche's ``init_process_group`` call uses keys of this torchrun attempt alone.
+
+    torchrun's agent hosts one store for all restarts of a job
+    (``TORCHELASTIC_USE_AGENT_STORE=True``) and the process group's keys name no
+    attempt, so a restarted group can read the addresses that the dead group's
+    ranks published: gloo then fails with "connectFullMesh failed ... Connection
+    refused", NCCL gets a stale unique id (pytorch/pytorch#135712). Prefixing the
+    store with the restart count, the same on every rank of one machine, keeps
+    the attempts apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        yield
+        return
+    from avalanche.distributed import distributed_helper
+    from torch.distributed.constants import default_pg_timeout
+
+    from .elastic import restart_count
+
+    agent_store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                timeout=default_pg_timeout)
+    store = dist.PrefixStore(f"avalanche_convprompt/attempt_{restart_count()}", agent_store)
+    original = distributed_helper.init_process_group
+
+    def init_process_group(backend=None, **kwargs):
+        return original(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                        world_size=int(os.environ["WORLD_SIZE"]), **kwargs)
+
+    distributed_helper.init_process_group = init_process_group
+    try:
+        yield
+    finally:
+        distributed_helper.init_process_group = original
 
 
 def is_distributed() -> bool:
@@ -82,6 +121,11 @@ def on_main_process(fn: Callable[..., Any], *args, **kwargs) -> Any:
     result = fn(*args, **kwargs) if is_main_process() else None
     barrier()
     return result
+
+
+def from_main_process(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` evaluated on rank 0 and broadcast: every rank acts on rank 0's decision."""
+    return DistributedHelper.broadcast_object(fn(*args, **kwargs) if is_main_process() else None)
 
 
 def main_process_loggers(factory: Optional[Callable[[], Sequence]] = None) -> List:

@@ -12,12 +12,14 @@ from ..evaluation.summary import RunSummary, summarize_run
 from ..plugins.checkpointing import CheckpointPlugin
 from ..plugins.throughput import EpochThroughput
 from ..plugins.timing import FirstIterationTimer
+from . import elastic
 from .checkpoint import checkpoint_files, is_main_process, latest_checkpoint, load_checkpoint, restore_strategy
+from .distributed import from_main_process
 from .loading import loader_kwargs
 
 
 def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool = True,
-               num_workers: int = 0, checkpoint_dir: Optional[str] = None, resume: bool = False,
+               num_workers: int = 0, checkpoint_dir: Optional[str] = None, resume: Optional[bool] = None,
                keep_checkpoints: int = 2, pin_memory: Optional[bool] = None,
                persistent_workers: Optional[bool] = None, epoch_report: bool = False) -> RunSummary:
     """Train ``strategy`` on every experience of ``benchmark.train_stream`` in turn.
@@ -33,7 +35,11 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
     experience (see :mod:`~avalanche_convprompt.runs.checkpoint`); with ``resume``
     the newest one there is loaded first and the run continues after it. The
     strategy must be built exactly as for the interrupted run. ``resume``
-    without a checkpoint starts from the beginning.
+    without a checkpoint starts from the beginning. ``resume=None`` (default)
+    resumes only when ``torchrun`` restarted the group after a lost worker, from
+    a checkpoint of the same job (:mod:`~avalanche_convprompt.runs.elastic`);
+    ``resume=False`` always starts afresh. Every start afresh removes the
+    folder's old checkpoints.
 
     ``num_workers``, ``pin_memory`` and ``persistent_workers`` go to every
     training and evaluation loader (see :func:`~avalanche_convprompt.runs.loading.loader_kwargs`:
@@ -63,7 +69,7 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
             timing = {"train_seconds": float(resumed.get("train_seconds", 0.0))}
             throughput.epochs[:0] = resumed.get("epochs", [])        # the epochs before the interruption
             if checkpoints is not None:
-                checkpoints.extra = lambda: {**timing, "epochs": list(throughput.epochs)}
+                checkpoints.extra = lambda: {**timing, "epochs": list(throughput.epochs), "job": elastic.job_id()}
             bar = tqdm(range(start, len(experiences)), desc=method, unit="exp", disable=not progress,
                        initial=start, total=len(experiences))
             for t in bar:
@@ -93,10 +99,10 @@ def run_stream(strategy, benchmark, method: Optional[str] = None, progress: bool
     return summary
 
 
-def _prepare_checkpoints(strategy, directory: Optional[str], resume: bool, keep: int):
-    """``(extra, first_experience, plugin)``: resumes from the newest checkpoint if asked.
+def _prepare_checkpoints(strategy, directory: Optional[str], resume: Optional[bool], keep: int):
+    """``(extra, first_experience, plugin)``: resumes if asked or restarted by torchrun.
 
-    ``extra`` is what the checkpoint's ``extra`` held (train seconds, epoch rates), ``{}`` for a fresh run.
+    ``extra`` is what the checkpoint's ``extra`` held (train seconds, epoch rates, job), ``{}`` for a fresh run.
     """
     if directory is None:
         if resume:
@@ -107,16 +113,38 @@ def _prepare_checkpoints(strategy, directory: Optional[str], resume: bool, keep:
     if plugin is None:
         plugin = CheckpointPlugin(directory, keep=keep)
         strategy.plugins.insert(0, plugin)      # before the evaluator, whose callbacks then see a saved state
-    if not resume:                              # a fresh run: checkpoints of an earlier one must not mix in
+    state = _checkpoint_to_resume(directory, only_this_job=resume is None) if elastic.auto_resume(resume) else None
+    if state is None:                           # a fresh run: checkpoints of an earlier one must not mix in
         if is_main_process():
             for stale in checkpoint_files(directory):
                 os.remove(stale)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        _barrier()
         return {}, 0, plugin
-    path = latest_checkpoint(directory)
-    if path is None:
-        return {}, 0, plugin
-    state = load_checkpoint(path)
     completed = restore_strategy(strategy, state)
     return dict(state["extra"]), completed, plugin
+
+
+def _checkpoint_to_resume(directory: str, only_this_job: bool):
+    """The newest complete checkpoint's state, read from the file rank 0 chose; ``None`` if there is none to use.
+
+    With ``only_this_job`` (a restart by torchrun, not ``resume=True``) a
+    checkpoint that another torchrun job wrote is not used.
+    """
+    path = from_main_process(_newest_complete, directory)
+    if path is None:
+        return None
+    state = load_checkpoint(path)
+    _barrier()                                  # read everywhere before rank 0 may remove it as another job's
+    if only_this_job and not elastic.written_by_this_job(state["extra"].get("job")):
+        return None
+    return state
+
+
+def _newest_complete(directory: str) -> Optional[str]:
+    elastic.remove_unfinished_writes(directory)
+    return latest_checkpoint(directory)
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
