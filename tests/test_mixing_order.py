@@ -110,7 +110,8 @@ def test_auto_order_follows_the_measured_crossover():
     assert vit_b.mixes_kernels(8, 50, 5, grad=True)             # training at batch 8: 24 vs 105 convolutions
     assert not vit_b.mixes_kernels(128, 50, 5, grad=True)       # a large batch: convolve each generator
     assert vit_b.mixes_kernels(8, 50, 0, grad=False)            # evaluation: 8 vs 50
-    assert not vit_b.mixes_kernels(8, 10, 0, grad=False)        # 8 vs 10: below the forward crossover
+    assert not vit_b.mixes_kernels(16, 10, 0, grad=False)       # 16 vs 10
+    assert not vit_b.mixes_kernels(16, 5, 5, grad=True)         # 48 vs 15
     small = build_pool(SHAPES[0])                     # tiny convolutions: one grouped call, whatever the batch
     assert not small.mixes_kernels(1, 50, 5, grad=True)
     calls = []

@@ -201,15 +201,15 @@ class ConvPromptPool(nn.Module):
 
         Both orders give the same prompts up to float rounding, since the
         convolution is linear in its kernel and bias. Convolving every
-        generator costs ``G`` convolutions per layer channel forward and, with
-        the backward, ``2 G + G_live`` more (the embeddings' and the live
-        kernels' gradients); mixing first costs ``B`` forward and ``3 B`` with
-        the backward, in ``D`` smaller calls. The thresholds are the measured
-        crossovers (ViT-B/16 shapes, CPU; ``python -m benchmarks.speed --mixing``):
-        forward only, mixing kernels wins from ``G >= 1.5 B``; with the
-        backward from ``B < 2 G + G_live`` (per unit, the per-generator
-        backward is about 3x slower than the per-sample one). Tiny
-        convolutions, where call overhead dominates, keep the single call.
+        generator costs ``G`` convolutions per layer channel forward, ``2 G +
+        G_live`` with the backward (the embeddings' and the live kernels'
+        gradients); mixing first costs ``B`` forward, ``3 B`` with the backward
+        (the embeddings' and the mixed kernels' gradients), in ``D`` smaller calls. The thresholds are the measured
+        crossovers (ViT-B/16 shapes, one CPU thread, B = 8..64, G = 5..50):
+        forward only, mixing kernels wins from ``B < G``; with the backward
+        from ``B < 2 G + G_live`` (a per-generator backward convolution costs
+        about three per-sample ones there). Tiny convolutions, where call
+        overhead dominates, keep the single grouped call.
         """
         if self.mixing != "auto":
             return self.mixing == "kernels"
@@ -218,7 +218,7 @@ class ConvPromptPool(nn.Module):
             return False
         if grad:
             return batch < 2 * num_generators + live_generators
-        return 1.5 * batch <= num_generators
+        return batch < num_generators
 
     def prompter(self) -> "ConvPrompter":
         """A callable for :class:`PromptedViT` valid for one forward pass.
