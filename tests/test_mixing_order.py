@@ -4,35 +4,15 @@ The pool picks the cheaper order for a batch (``ConvPromptPool.mixes_kernels``);
 both must give the same prompts (fp32, up to rounding), the same gradients,
 and gradients on exactly the same parameters.
 """
-import warnings
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avalanche_convprompt import ConvPromptPool
 from avalanche_convprompt.methods import build_convprompt_model
 from conftest import tiny_vit
 from naive_reference import naive_prompts
-
-SHAPES = [
-    # layers, heads, head_dim, embed_dim, prompt_length, kernel, generators per task, batch
-    dict(layers=(0, 1), heads=3, head_dim=8, embed=24, L=4, k=3, tasks=[2, 3], batch=3),
-    dict(layers=(1, 3, 4), heads=4, head_dim=16, embed=64, L=1, k=5, tasks=[1], batch=2),
-    dict(layers=tuple(range(7)), heads=12, head_dim=64, embed=768, L=20, k=17, tasks=[5] * 10, batch=2),  # ViT-B
-]
-
-
-def build_pool(shape, seed=0, train_keys=False):
-    torch.manual_seed(seed)
-    pool = ConvPromptPool(shape["layers"], shape["heads"], shape["head_dim"], shape["embed"],
-                          prompt_length=shape["L"], kernel_size=shape["k"], train_keys=train_keys)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")          # small key spaces cannot hold all keys orthogonally
-        for n in shape["tasks"]:
-            pool.add_generators(n)
-    return pool
+from test_conv_prompt_pool import SHAPES, build_pool     # small, L = 1 with k = 5, ViT-B with 50 generators
 
 
 def prompts(pool, queries, order):

@@ -18,8 +18,11 @@ generator allocated so far. The block receives ``P_l + P_{l-1}`` (the previous
 Why it is fast: the shared embeddings do not depend on the input, so the
 convolution of every generator is computed once per batch with a single grouped
 ``conv2d`` (one group per ``(l, h, s)`` channel), and each layer mixes the
-generator outputs with one batched matrix product. No Python loop runs over
-samples, heads or generators in the forward pass.
+generator outputs with one batched matrix product. When the batch is small
+beside the pool, the other order is cheaper and gives the same prompts (the
+convolution is linear in its kernel): mix each sample's kernels and biases,
+then convolve once per sample and layer (``ConvPromptPool.mixes_kernels``).
+No Python loop runs over samples, heads or generators in the forward pass.
 
 Layouts (``D`` prompted layers, ``H`` heads, ``G`` generators, ``k`` kernel)::
 
