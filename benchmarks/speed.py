@@ -162,13 +162,23 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def measure(fns: Dict[str, Callable[[], None]], rounds: int, device, desc: str) -> Dict[str, float]:
-    """Median seconds per call of each function, interleaved over ``rounds``."""
+def measure(fns: Dict[str, Callable[[], None]], rounds: int, device, desc: str, clock: str = "wall"
+            ) -> Dict[str, float]:
+    """Median seconds per call of each function, interleaved over ``rounds``.
+
+    ``clock="cpu"`` counts this process's CPU time instead of wall time: on a
+    CPU shared with other jobs, time spent waiting for a core is left out.
+    """
     for fn in fns.values():       # warm-up: allocator, kernels, lazy init
         fn()
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in tqdm(range(rounds), desc=desc, leave=False):
         for name, fn in fns.items():
+            if clock == "cpu":
+                started = time.process_time()
+                fn()
+                samples[name].append(time.process_time() - started)
+                continue
             timer = Timer(stmt="fn(); sync()", globals={"fn": fn, "sync": lambda: synchronize(device)},
                           num_threads=torch.get_num_threads())     # Timer defaults to 1 thread
             samples[name].append(timer.timeit(1).mean)
@@ -288,7 +298,10 @@ def run(argv, stack: ExitStack) -> Dict:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--generators", type=int, nargs="+", default=[5, 50])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per measurement")
-    parser.add_argument("--naive-rounds", type=int, default=1, help="rounds for the (slow) naive prompt loop")
+    parser.add_argument("--naive-rounds", type=int, default=1,
+                        help="rounds for the (slow) naive prompt loop; 0 leaves the prompt-path table out")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU time (with a fixed thread count, on a shared CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--compare-methods", action="store_true",
@@ -324,27 +337,31 @@ def run(argv, stack: ExitStack) -> Dict:
     x = torch.rand(args.batch, 3, *img, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
 
-    train = measure({n: training_step_fn(m, x, y) for n, m in models.items()}, args.rounds, device, "train steps")
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu measures CPU time: use it with --device cpu")
+    train = measure({n: training_step_fn(m, x, y) for n, m in models.items()}, args.rounds, device, "train steps",
+                    args.clock)
     for g in args.generators:     # a second copy, kept as strategy.eval keeps it during a pass
         models[f"convprompt-{g} eval pass"] = reusing_outputs(build(args.backbone, g, 10, device), stack)
     for m in models.values():
         m.eval()
-    evals = measure({n: eval_step_fn(m, x) for n, m in models.items()}, args.rounds, device, "eval forwards")
+    evals = measure({n: eval_step_fn(m, x) for n, m in models.items()}, args.rounds, device, "eval forwards",
+                    args.clock)
 
     prompt_paths = {}
-    for g in args.generators:
+    for g in (args.generators if args.naive_rounds > 0 else []):
         fns = prompt_path_fns(models[f"convprompt-{g}"], models[f"convprompt-{g} eval pass"], args.batch, device)
         fast = measure({k: v for k, v in fns.items() if k.startswith("vectorised")}, args.rounds, device,
-                       f"prompt path G={g}")
+                       f"prompt path G={g}", args.clock)
         slow = measure({k: v for k, v in fns.items() if k.startswith("naive")}, args.naive_rounds, device,
-                       f"naive prompts G={g}")
+                       f"naive prompts G={g}", args.clock)
         prompt_paths[g] = {**fast, **slow}
 
     result = {
         "command": "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
         "backbone": args.backbone, "batch": args.batch, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": args.rounds,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": args.rounds, "clock": args.clock,
         "train_step_s": train, "eval_forward_s": evals,
         "train_ratio_vs_plain": {n: train[n] / train["plain"] for n in train},
         "eval_ratio_vs_plain": {n: evals[n] / evals["plain"] for n in evals},
@@ -362,12 +379,15 @@ def run(argv, stack: ExitStack) -> Dict:
 
 
 def format_markdown(r: Dict) -> str:
-    lines = [f"{r['backbone']}, batch {r['batch']}, {r['device_name']} ({r['threads']} threads), torch {r['torch']}",
+    lines = [f"{r['backbone']}, batch {r['batch']}, {r['device_name']} ({r['threads']} threads), torch {r['torch']}, "
+             f"{r.get('clock', 'wall')} clock, medians of {r['rounds']} rounds",
              "", "| setting | train step (s) | x plain | eval forward (s) | x plain |", "|---|---|---|---|---|"]
     for name in r["eval_forward_s"]:
         train = (f"{r['train_step_s'][name]:.3f} | {r['train_ratio_vs_plain'][name]:.3f}"
                  if name in r["train_step_s"] else "- | -")
         lines.append(f"| {name} | {train} | {r['eval_forward_s'][name]:.3f} | {r['eval_ratio_vs_plain'][name]:.3f} |")
+    if not r["prompt_path_s"]:
+        return "\n".join(lines)
     lines += ["", "| generators | prompt path | vectorised (ms) | naive (ms) | speed-up |", "|---|---|---|---|---|"]
     for g, v in r["prompt_path_s"].items():
         for mode, naive in (("fwd", "fwd"), ("eval-pass fwd", "fwd"), ("fwd+bwd", "fwd+bwd")):

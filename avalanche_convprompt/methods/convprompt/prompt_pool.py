@@ -18,8 +18,11 @@ generator allocated so far. The block receives ``P_l + P_{l-1}`` (the previous
 Why it is fast: the shared embeddings do not depend on the input, so the
 convolution of every generator is computed once per batch with a single grouped
 ``conv2d`` (one group per ``(l, h, s)`` channel), and each layer mixes the
-generator outputs with one batched matrix product. No Python loop runs over
-samples, heads or generators in the forward pass.
+generator outputs with one batched matrix product. When the batch is small
+beside the pool, the other order is cheaper and gives the same prompts (the
+convolution is linear in its kernel): mix each sample's kernels and biases,
+then convolve once per sample and layer (``ConvPromptPool.mixes_kernels``).
+No Python loop runs over samples, heads or generators in the forward pass.
 
 Layouts (``D`` prompted layers, ``H`` heads, ``G`` generators, ``k`` kernel)::
 
@@ -39,6 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...models.prompt_plan import orthonormal_complement
+
+#: How the generators are mixed: ``"auto"`` (the cheaper order for the batch), ``"outputs"`` or ``"kernels"``.
+MIXING_ORDERS = ("auto", "outputs", "kernels")
+#: Multiply-adds of one generator over every layer, head and side below which one grouped call is kept.
+MIX_KERNELS_MIN_WORK = 100_000
 
 
 class ConvPromptPool(nn.Module):
@@ -101,6 +109,19 @@ class ConvPromptPool(nn.Module):
 
     #: ConvPrompt's query is the class token inside the single forward pass.
     needs_query = False
+
+    _mixing = "auto"
+
+    @property
+    def mixing(self) -> str:
+        """Which order mixes the generators (:data:`MIXING_ORDERS`); ``"auto"``: see :meth:`mixes_kernels`."""
+        return self._mixing
+
+    @mixing.setter
+    def mixing(self, order: str) -> None:
+        if order not in MIXING_ORDERS:
+            raise ValueError(f"mixing must be one of {MIXING_ORDERS}, got {order!r}")
+        self._mixing = order
 
     @property
     def ready(self) -> bool:
@@ -165,11 +186,50 @@ class ConvPromptPool(nn.Module):
         keys = torch.cat([self.keys[t] for t in tasks], dim=0)
         return out.reshape(D, self.num_heads * 2, G, -1), keys
 
+    def generator_kernels(self, tasks: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:
+        """The generators of ``tasks`` laid out for mixing kernels per sample.
+
+        Returns ``(weights, biases, keys)``: weights ``(D, H * 2, G, k * k)``,
+        biases ``(D, H * 2, G)`` and keys ``(G, key_dim)``.
+        """
+        D, C, k = len(self.prompt_layers), self.num_channels // len(self.prompt_layers), self.kernel_size
+        weight = torch.cat([self.conv_weights[t] for t in tasks], dim=3)     # (D, H, 2, G, k, k)
+        bias = torch.cat([self.conv_biases[t] for t in tasks], dim=3)        # (D, H, 2, G)
+        G = weight.shape[3]
+        keys = torch.cat([self.keys[t] for t in tasks], dim=0)
+        return weight.reshape(D, C, G, k * k), bias.reshape(D, C, G), keys
+
+    def mixes_kernels(self, batch: int, num_generators: int, live_generators: int, grad: bool) -> bool:
+        """Whether to mix the kernels per sample, then convolve (else: convolve, then mix the outputs).
+
+        Both orders give the same prompts up to float rounding, since the
+        convolution is linear in its kernel and bias. Convolving every
+        generator costs ``G`` convolutions per layer channel forward, ``2 G +
+        G_live`` with the backward (the embeddings' and the live kernels'
+        gradients); mixing first costs ``B`` forward, ``3 B`` with the backward
+        (the embeddings' and the mixed kernels' gradients), in ``D`` smaller calls. The thresholds are the measured
+        crossovers (ViT-B/16 shapes, one CPU thread, B = 8..64, G = 5..50):
+        forward only, mixing kernels wins from ``B < G``; with the backward
+        from ``B < 2 G + G_live`` (a per-generator backward convolution costs
+        about three per-sample ones there). Tiny convolutions, where call
+        overhead dominates, keep the single grouped call.
+        """
+        if self.mixing != "auto":
+            return self.mixing == "kernels"
+        work = self.num_channels * self.prompt_length * self.head_dim * self.kernel_size ** 2
+        if work < MIX_KERNELS_MIN_WORK:
+            return False
+        if grad:
+            return batch < 2 * num_generators + live_generators
+        return batch < num_generators
+
     def prompter(self) -> "ConvPrompter":
         """A callable for :class:`PromptedViT` valid for one forward pass.
 
         Under autograd the frozen and the trainable generators form two
-        convolution groups, so no weight gradient is computed for frozen ones.
+        groups, so no weight gradient is computed for frozen ones. Whether the
+        generators' outputs or their kernels are mixed is decided at the first
+        prompted block, which knows the batch size (see :meth:`mixes_kernels`).
         """
         if not len(self.keys):
             raise RuntimeError("the prompt pool is empty: call add_generators() before the first forward")
@@ -177,15 +237,14 @@ class ConvPromptPool(nn.Module):
         if self._reused is not None and not torch.is_grad_enabled():
             if self._reused[0] != self._parameter_versions():      # a parameter changed: convolve again
                 self._reused = (self._parameter_versions(), [self.generator_outputs(list(tasks))])
-            return ConvPrompter(self, self._reused[1])
+            return ConvPrompter(self, [list(tasks)], outputs=self._reused[1])
         if torch.is_grad_enabled():
             frozen = [t for t in tasks if not self.conv_weights[t].requires_grad]
             live = [t for t in tasks if self.conv_weights[t].requires_grad]
             groups = [g for g in (frozen, live) if g]
         else:
             groups = [list(tasks)]
-        return ConvPrompter(self, [self.generator_outputs(g) for g in groups])
-
+        return ConvPrompter(self, groups)
 
     def _parameter_versions(self) -> Tuple[int, ...]:
         return tuple(v for p in self.parameters() for v in (id(p), p._version))
@@ -208,23 +267,71 @@ class ConvPromptPool(nn.Module):
 
 
 class ConvPrompter:
-    """Mixes precomputed generator outputs per sample, layer by layer.
+    """Mixes the generators per sample, layer by layer.
 
-    Holds the previous prompted layer's generated prompt, so one instance
-    serves exactly one forward pass, visiting the prompted blocks in order.
+    Either convolves every generator once (``generator_outputs``) and mixes
+    the outputs per sample, or mixes the kernels per sample and convolves
+    each layer with them (``generator_kernels``), whichever is cheaper for the
+    batch (:meth:`ConvPromptPool.mixes_kernels`). Holds the previous prompted
+    layer's generated prompt, so one instance serves exactly one forward pass,
+    visiting the prompted blocks in order.
     """
 
-    def __init__(self, pool: ConvPromptPool, groups: List[Tuple[Tensor, Tensor]]):
+    def __init__(self, pool: ConvPromptPool, task_groups: List[List[int]],
+                 outputs: Optional[List[Tuple[Tensor, Tensor]]] = None):
         self.pool = pool
-        self.groups = groups
-        self.unit_keys_t = [F.normalize(keys, dim=-1).T for _, keys in groups]    # (key_dim, G_group)
+        self.task_groups = task_groups
+        self.outputs: Optional[List[Tuple[Tensor, ...]]] = None      # per group: outputs of each layer
+        self.kernels: Optional[List[Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]]] = None
+        self.unit_keys_t: List[Tensor] = []
+        if outputs is not None:
+            self._use_outputs(outputs)
         self.previous: Tensor | None = None
         self.expected_slot = 0
+
+    def _use_outputs(self, groups: List[Tuple[Tensor, Tensor]]) -> None:
+        # one view per layer (unbind): the backward stacks the layers' gradients once
+        self.outputs = [outputs.unbind(0) for outputs, _ in groups]
+        self.unit_keys_t = [F.normalize(keys, dim=-1).T for _, keys in groups]    # (key_dim, G_group)
+
+    def _prepare(self, batch: int) -> None:
+        pool, groups = self.pool, self.task_groups
+        sizes = [sum(pool.generators_per_task[t] for t in g) for g in groups]
+        live = sum(n for g, n in zip(groups, sizes) if pool.conv_weights[g[0]].requires_grad)
+        if pool.mixes_kernels(batch, sum(sizes), live, torch.is_grad_enabled()):
+            kernels = [pool.generator_kernels(g) for g in groups]
+            self.kernels = [(w.unbind(0), b.unbind(0)) for w, b, _ in kernels]
+            self.embeddings = pool.shared_embeddings.unbind(0)             # (H, 2, L + k - 1, Dh + k - 1) each
+            self.unit_keys_t = [F.normalize(keys, dim=-1).T for *_, keys in kernels]
+        else:
+            self._use_outputs([pool.generator_outputs(g) for g in groups])
 
     def weights(self, query: Tensor) -> List[Tensor]:
         """Cosine similarities ``(B, G_group)`` between matched queries and each group's keys."""
         q = F.normalize(self.pool.matcher(query), dim=-1)
         return [q @ keys_t for keys_t in self.unit_keys_t]
+
+    def _mix_outputs(self, slot: int, weights: List[Tensor]) -> Tensor:
+        generated = None
+        for outputs, w in zip(self.outputs, weights):
+            part = torch.matmul(w.to(outputs[slot].dtype), outputs[slot])       # (H*2, B, L*Dh)
+            generated = part if generated is None else generated + part
+        return generated
+
+    def _convolve_mixed_kernels(self, slot: int, weights: List[Tensor]) -> Tensor:
+        kernel = bias = None
+        for (kernels, biases), w in zip(self.kernels, weights):
+            w = w.to(kernels[slot].dtype)
+            k_part = torch.matmul(w, kernels[slot])          # (H*2, G) mixed per sample: (H*2, B, k*k)
+            b_part = torch.matmul(biases[slot], w.T)         # (H*2, B)
+            kernel = k_part if kernel is None else kernel + k_part
+            bias = b_part if bias is None else bias + b_part
+        C, B = bias.shape
+        k = self.pool.kernel_size
+        emb = self.embeddings[slot]
+        out = F.conv2d(emb.reshape(1, C, *emb.shape[-2:]), kernel.reshape(C * B, 1, k, k), bias.reshape(C * B),
+                       groups=C)                            # (1, H*2*B, L, Dh)
+        return out.reshape(C, B, -1)
 
     def __call__(self, block_index: int, query: Tensor) -> Tuple[Tensor, Tensor]:
         pool = self.pool
@@ -233,12 +340,15 @@ class ConvPrompter:
             raise KeyError(f"block {block_index} is not a prompt layer (prompt layers: {pool.prompt_layers})")
         if slot != self.expected_slot:
             raise RuntimeError("prompted blocks must be visited in order, once per forward pass")
+        if self.outputs is None and self.kernels is None:
+            self._prepare(query.shape[0])
         self.expected_slot += 1
         H, L, Dh = pool.num_heads, pool.prompt_length, pool.head_dim
-        generated = None
-        for (outputs, _), weights in zip(self.groups, self.weights(query)):
-            part = torch.matmul(weights.to(outputs.dtype), outputs[slot])       # (H*2, B, L*Dh)
-            generated = part if generated is None else generated + part
+        weights = self.weights(query)
+        if self.kernels is not None:
+            generated = self._convolve_mixed_kernels(slot, weights)
+        else:
+            generated = self._mix_outputs(slot, weights)
         used = generated if self.previous is None else generated + self.previous
         self.previous = generated
         used = used.view(H, 2, -1, L, Dh)
