@@ -29,8 +29,9 @@ def test_the_published_recipes_never_warn(benchmark):
 def test_split_mnist_at_full_size_does_not_warn_and_a_few_hundred_images_do():
     lr = 0.005 * 32 / 256
     assert short_schedule_advice(lr, 3, math.ceil(12000 / 32)) is None         # 1,125 iterations
-    assert short_schedule_advice(lr, 3, math.ceil(300 / 32)) == "pass lr=0.01"  # 30 iterations
-    assert short_schedule_advice(lr, 1, 5) == "pass lr=0.01 and train_epochs=6"  # beyond the suggested cap
+    assert short_schedule_advice(lr, 3, math.ceil(300 / 32)) == "pass lr=0.005 and train_epochs=10"   # 30 iterations
+    assert short_schedule_advice(lr, 10, math.ceil(300 / 32)) == "pass lr=0.005"                     # 100 iterations
+    assert short_schedule_advice(0.005, 3, 5) == "pass train_epochs=20"            # the rule gave 0.005 already
 
 
 def stream():
@@ -56,8 +57,7 @@ def test_a_short_experience_at_the_default_rate_warns_once_and_names_the_rate_to
         r"ConvPrompt: experience 0 trains for 6 iterations \(3 epochs x 2 batches\) at the default rate "
         r"lr=0\.000156 \(base_lr x train_mb_size / 256\), whose rule was tuned for the paper's 190-1,500 iterations "
         r"per task: lr x iterations = 0\.000937, under 0\.1 \(the published recipes: 0\.14-1\.0\), and the new "
-        r"classes will barely be learned; pass lr=0\.01 and train_epochs=15, or raise train_epochs "
-        r"\(README, 'Small data'\)", messages[0]), messages[0]
+        r"classes will barely be learned; pass lr=0\.005 and train_epochs=50 \(README, 'Small data'\)", messages[0]), messages[0]
 
 
 def test_a_rate_the_user_chose_never_warns():
