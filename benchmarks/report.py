@@ -184,12 +184,25 @@ def _group(runs: Sequence[dict]) -> Dict[str, List[dict]]:
         if any(r["seed"] == run["seed"] for r in group):
             raise ValueError(f"{_describe(run, i)}: seed {run['seed']!r} of {run['method']!r} appears twice; "
                              "a duplicate would weigh that seed double")
+        if group and _run_replay(run) != _run_replay(group[0]):
+            raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix replay buffers of "
+                             f"{_run_replay(group[0])} and {_run_replay(run)} samples (0: no replay); "
+                             "report them from separate folders")
         group.append(run)
     return groups
 
 
+def _run_replay(run: dict) -> int:
+    """``config.replay.mem_size``: the replay buffer in samples (0: none, as in records from before the field)."""
+    replay = _config(run).get("replay")
+    return int(replay.get("mem_size", 0)) if isinstance(replay, dict) else 0
+
+
 def _label(group: Sequence[dict]) -> str:
-    return str(group[0].get("label") or group[0]["method"])
+    """The method's label, with the replay buffer when its runs used one ("ConvPrompt + replay 200")."""
+    label = str(group[0].get("label") or group[0]["method"])
+    replay = _run_replay(group[0])
+    return f"{label} + replay {replay}" if replay else label
 
 
 def _is_joint(run: dict) -> bool:
@@ -276,7 +289,8 @@ def aggregate(runs: Sequence[dict]) -> List[dict]:
         vary = len(set(params)) > 1
         sec_mean, sec_std = _mean_std([r["train_seconds"] for r in group])
         ips_mean, ips_std = _mean_std([r["train_images_per_second"] for r in group])
-        published = PUBLISHED.get(benchmark, {}).get(method)
+        # published numbers are rehearsal-free: none beside a replay row
+        published = None if _run_replay(group[0]) else PUBLISHED.get(benchmark, {}).get(method)
         rows.append({
             "method": method,
             "label": _label(group),

@@ -45,6 +45,13 @@ rank 0 writes records, logs, checkpoints and the report:
     torchrun --standalone --nproc_per_node 4 -m benchmarks.run --benchmark split_cifar100 \
         --data-root ~/data --device cuda --seeds 0 1 2
 
+``--replay N`` adds Avalanche's ``ReplayPlugin(mem_size=N)`` to every continual
+method (how each loss treats the replayed samples: "Batches with earlier
+classes" in :mod:`avalanche_convprompt.methods.template`); the records hold it
+under ``config.replay`` and the report labels those rows "<method> + replay N".
+A checkpoint holds no replay buffer, so ``--resume`` starts an unfinished
+replay run again from its first experience (finished ones are still skipped).
+
 Methods come from the registry (:mod:`avalanche_convprompt.methods`): the
 built-in six and any method a module registers; ``--import MODULE`` imports
 such a module first (see ``docs/adding_a_method.md``):
@@ -65,11 +72,12 @@ import platform
 import shutil
 import sys
 import time
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from tqdm import tqdm
 
+from avalanche_convprompt.data.experiences import experience_classes
 from avalanche_convprompt.data.streams import STREAM_NAMES, make_stream
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.methods import (CONVPROMPT_BACKBONE, METHODS, PROTOCOLS, build_strategy, get_method,
@@ -125,6 +133,9 @@ def parse_args(argv=None):
     p.add_argument("--selection", default="per_sample", choices=SELECTIONS,
                    help="L2P/DualPrompt test-time prompt choice; batch_vote leaks the task of single-task batches; "
                         "as_published: the batch vote where the published run used it (reference protocol)")
+    p.add_argument("--replay", type=int, default=0, metavar="N",
+                   help="add Avalanche's ReplayPlugin(mem_size=N) to every continual method (0: no replay); "
+                        "with --resume, an unfinished replay run starts again (checkpoints hold no buffer)")
     p.add_argument("--train-per-class", type=int, default=120, help="synthetic stream only")
     p.add_argument("--test-per-class", type=int, default=50, help="synthetic stream only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -139,6 +150,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.protocol is None:
         args.protocol = "offline" if args.benchmark == "synthetic" or args.backbone == OFFLINE else "shared"
+    if args.replay < 0:
+        p.error(f"--replay must be >= 0 (a buffer size in samples; 0 turns replay off), got {args.replay}")
     if args.experiences is None:
         args.experiences = SCHEDULES[args.benchmark]["experiences"]
     args.output = args.output or os.path.join("results", f"benchmark_{args.benchmark}")
@@ -195,6 +208,21 @@ def make_allocation(args, stream):
     return LanguageModelAllocation(descriptors, max_generators=5, average_over=args.average_over)
 
 
+def replay_plugins(method: str, args, per_process_batch: int) -> Tuple[list, Optional[Dict]]:
+    """``(plugins, record)``: Avalanche's ``ReplayPlugin`` for a continual method when ``--replay N`` is set.
+
+    The buffer is Avalanche's default (``ExperienceBalancedBuffer``: ``N`` samples shared equally by the
+    experiences seen so far); every batch gets ``batch_size_mem`` = the training batch of buffer samples
+    on top of the current ones. Joint training gets none (it sees every experience at once).
+    """
+    if not args.replay or not get_method(method).continual:
+        return [], None
+    from avalanche.training.plugins import ReplayPlugin
+    plugin = ReplayPlugin(mem_size=args.replay)
+    return [plugin], {"plugin": "ReplayPlugin", "mem_size": args.replay,
+                      "storage_policy": type(plugin.storage_policy).__name__, "batch_size_mem": per_process_batch}
+
+
 def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict, Dict]) -> Dict:
     """Train and evaluate one method with one seed; returns the run record (also written to disk).
 
@@ -209,12 +237,13 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
     world, main_process = dist.world_size(), dist.is_main_process()
     log_path = os.path.join(out, "logs", f"{method}_seed{seed}.txt") if main_process else os.devnull
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    plugins, replay = replay_plugins(method, args, batch // world)
     with open(log_path, "w") as log:
         strategy = build_strategy(
             method, args.protocol,
             allocation=make_allocation(args, stream) if "allocation" in get_method(method).accepts else None,
             backbone=make_backbone(backbone_name, pretrained=not args.no_pretrained), train_mb_size=batch // world,
-            eval_mb_size=max(batch // world, 128), device=args.device,
+            eval_mb_size=max(batch // world, 128), device=args.device, plugins=plugins,
             evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []), **kwargs)
         if dist.is_distributed():
             if kwargs.get("lr") is None:   # the default rate scales with the batch: the global one, not a slice
@@ -222,7 +251,8 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
             distribute(strategy, seed=seed)
         checkpoints = os.path.join(out, "checkpoints", f"{method}_seed{seed}")
         summary = run_stream(strategy, stream.benchmark, f"{method} seed {seed}", progress=not args.no_progress,
-                             num_workers=args.workers, checkpoint_dir=checkpoints, resume=args.resume)
+                             num_workers=args.workers, checkpoint_dir=checkpoints,
+                             resume=args.resume and replay is None)    # a checkpoint holds no replay buffer
     recipe = {"backbone": backbone_name, **resolved_recipe(strategy), "train_mb_size": batch}
     record = {
         "method": method, "label": get_method(method).label, "benchmark": stream.name, "seed": seed,
@@ -236,13 +266,12 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
         "allocation": summary.extra.get("allocation"),
         "config": {"protocol": args.protocol, "backbone": backbone_name, "pretrained": not args.no_pretrained,
                    "epochs": strategy.train_epochs, "batch": batch, "lr": strategy.lr,
-                   "recipe": recipe, "overrides": dict(overrides),
+                   "recipe": recipe, "overrides": dict(overrides), "replay": replay,
                    "recipe_source": reference_recipe(method, args.benchmark).source
                    if args.protocol == "reference" else f"{args.protocol} protocol of this project",
                    "experiences": len(stream.benchmark.train_stream), "device": args.device,
                    "processes": world, "per_process_batch": batch // world,
-                   "classes_per_experience": [sorted(int(c) for c in e.classes_in_this_experience)
-                                              for e in stream.benchmark.train_stream],
+                   "classes_per_experience": [experience_classes(e) for e in stream.benchmark.train_stream],
                    "torch": torch.__version__, "python": platform.python_version(),
                    "threads": torch.get_num_threads()},
     }

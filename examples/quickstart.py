@@ -33,6 +33,7 @@ from avalanche_convprompt.evaluation import default_cl_evaluator  # noqa: E402
 from avalanche_convprompt.runs import run_stream  # noqa: E402
 from avalanche_convprompt.runs.files import ensure_writable_dir, write_json  # noqa: E402
 from avalanche_convprompt.evaluation.plots import plot_allocation, plot_runs  # noqa: E402
+from avalanche_convprompt.data.experiences import experience_classes  # noqa: E402
 from avalanche_convprompt.data.streams import STREAM_NAMES, make_stream  # noqa: E402
 
 OFFLINE = backbones.OFFLINE
@@ -143,7 +144,7 @@ def main(argv=None):
         if args.stream == "synthetic" else {}
     stream = make_stream(args.stream, data_root=args.data_root, n_experiences=args.experiences, seed=args.seed,
                          img_size=img_size, **extra)
-    classes = [sorted(e.classes_in_this_experience) for e in stream.benchmark.train_stream]
+    classes = [experience_classes(e) for e in stream.benchmark.train_stream]
     print(f"stream {stream.name}: {len(classes)} experiences, classes {classes}")
 
     names = {"convprompt": "ConvPrompt", "finetune": "Sequential fine-tuning"}

@@ -37,3 +37,27 @@ def blob_datasets(class_ids, train_per_class=12, test_per_class=6, seed=0):
 def tiny_convprompt_kwargs():
     return dict(prompt_layers=(0, 1), prompt_length=4, kernel_size=3, train_mb_size=16, train_epochs=1,
                 eval_mb_size=32, device="cpu", evaluator=None)
+
+
+class TargetedDataset(torch.utils.data.Dataset):
+    """A plain dataset with ``targets`` as torchvision's have, no task labels; images as given or as PIL images."""
+
+    def __init__(self, images, targets, pil=False):
+        self.images, self.targets, self.pil = images, [int(t) for t in targets], pil
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return (Image.fromarray(self.images[i]) if self.pil else self.images[i]), self.targets[i]
+
+
+def refused(strategy, experience) -> str:
+    """Train ``strategy`` on ``experience``, which must fail with ``ValueError`` leaving the model untouched."""
+    before = {k: v.clone() for k, v in strategy.net.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        strategy.train(experience)
+    after = strategy.net.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    return str(err.value)

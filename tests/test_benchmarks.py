@@ -19,7 +19,8 @@ def test_parameter_table_counts_match_the_closed_forms():
     for method in ("l2p", "dualprompt", "coda"):
         assert rows[method]["heads"] == T * linear_head
         assert rows[method]["total"] == rows[method]["prompts"] + T * linear_head
-    H, Dh, k, L, D = 4, 32, 17, 20, 7
+    H, Dh, k, L = 4, 32, 17, 20
+    D = 5                                   # default prompt layers: the first ceil(7 x 8 / 12) of 8 blocks
     generators = D * H * 2 * (T * 5) * (k * k + 1)
     shared = D * H * 2 * (L + k - 1) * (Dh + k - 1)
     matcher = C * (C // 2) + C // 2 + (C // 2) * (C // 4) + C // 4
@@ -49,6 +50,41 @@ def test_runner_writes_one_record_per_run_and_the_report(tmp_path):
     assert "| DualPrompt | 0, 1 |" in table and "Joint training" in table
     for key in ("accuracy_curves", "accuracy_matrices"):
         assert open(paths[key], "rb").read(4) == b"\x89PNG"
+
+
+def test_runner_replay_gives_continual_methods_avalanches_plugin_records_it_and_restarts_on_resume(tmp_path,
+                                                                                                   monkeypatch):
+    built = {}
+
+    def spy(method, *args, **kwargs):
+        built[method] = strategy = build_strategy(method, *args, **kwargs)
+        return strategy
+
+    build_strategy = run.build_strategy
+    monkeypatch.setattr(run, "build_strategy", spy)
+    out = tmp_path / "bench"
+    argv = ["--strategy", "l2p", "joint", "--seeds", "0", "--experiences", "2", "--epochs", "1",
+            "--train-per-class", "8", "--test-per-class", "4", "--replay", "8", "--output", str(out), "--no-progress",
+            "--keep-checkpoints"]
+    run.main(argv)
+    replay = [p for p in built["l2p"].plugins if type(p).__name__ == "ReplayPlugin"]
+    assert len(replay) == 1 and len(replay[0].storage_policy.buffer) == 8
+    assert not any(hasattr(p, "storage_policy") for p in built["joint"].plugins)
+    l2p = json.loads((out / "runs" / "l2p_seed0.json").read_text())
+    assert l2p["config"]["replay"] == {"plugin": "ReplayPlugin", "mem_size": 8,
+                                       "storage_policy": "ExperienceBalancedBuffer", "batch_size_mem": 32}
+    assert json.loads((out / "runs" / "joint_seed0.json").read_text())["config"]["replay"] is None
+    table = (out / "results.md").read_text()
+    assert "| L2P + replay 8 | 0 |" in table and "| Joint training (upper bound) | 0 |" in table
+    # as if killed during l2p's second experience: --resume runs it again from the start, to the same numbers
+    (out / "runs" / "l2p_seed0.json").unlink()
+    (out / "checkpoints" / "l2p_seed0" / "exp002.pt").unlink()
+    built.clear()
+    run.main(argv + ["--resume"])
+    assert list(built) == ["l2p"]                                    # joint had finished: skipped
+    assert json.loads((out / "runs" / "l2p_seed0.json").read_text())["accuracy_matrix"] == l2p["accuracy_matrix"]
+    with pytest.raises(SystemExit):
+        run.parse_args(["--replay", "-1"])
 
 
 def test_runner_needs_a_data_root_for_real_benchmarks(capsys):

@@ -12,7 +12,7 @@ def test_every_setting_and_precision_runs_and_bf16_runs_under_autocast(tmp_path)
     out = tmp_path / "gpu" / "gpu.json"
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     gpu.main(["--device", "cpu", "--backbone", "vit_tiny_patch16_224", "--batch", "2", "--warmup", "1",
-              "--steps", "1", "--output", str(out), "--no-progress"])
+              "--steps", "1", "--time-budget", "100000", "--output", str(out), "--no-progress"])
     assert torch.backends.cuda.matmul.allow_tf32 == tf32_before          # the TF32 switch is put back
     result = json.loads(out.read_text())
     assert result["settings"] == list(gpu.SETTINGS) and result["precisions"] == ["fp32", "bf16"]

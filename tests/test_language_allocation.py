@@ -152,3 +152,17 @@ def test_pool_size_is_the_sum_of_allocations_and_counted_in_parameters(encoder):
     per_generator = 2 * 2 * 4 * (3 * 3 + 1) + 64 // 4            # (layers x heads x sides x (k*k+1)) + key
     parts = strategy.net.parameter_breakdown()
     assert parts["generators"] + parts["keys"] == sum(allocated) * per_generator
+
+
+def test_language_allocation_refuses_class_ids_that_restart():
+    class Unused:
+        def encode(self, *args, **kwargs):
+            raise AssertionError("no text should be encoded")
+
+    policy = LanguageModelAllocation({0: ["a red apple"], 1: ["a bicycle"]}, encoder=SentenceEncoder(Unused()))
+    with pytest.raises(ValueError) as err:
+        policy.allocate(1, [0, 1], [0, 1])
+    assert str(err.value) == (
+        "experience 1: class ids [0, 1] also belong to earlier experiences; this policy looks descriptors up by class "
+        "id, so it needs ids that name one class each (not ids restarting at 0 in every experience): use "
+        "FixedAllocation, or give every class its own id")

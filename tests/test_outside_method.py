@@ -66,7 +66,7 @@ class SharedPrefixStrategy(PromptedViTTemplate):
                 {"params": self.net.norm_parameters(), "lr": self.norm_lr()}]
 
     def training_loss(self) -> Tensor:
-        return self.masked_cross_entropy(self.current_classes())
+        return self.training_cross_entropy()
 
 
 SHARED_PREFIX = Method("shared_prefix", "Shared prefix", SharedPrefixStrategy,

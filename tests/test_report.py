@@ -290,6 +290,28 @@ def test_mixed_benchmarks_empty_and_duplicates_are_rejected(runs):
         report.aggregate([make_run("l2p", 0, 1.0, 1.0), make_run("l2p", 0, 2.0, 1.0)])
 
 
+def test_replay_rows_are_labelled_have_no_published_number_and_never_mix_with_runs_without_replay(runs):
+    replay = {"replay": {"plugin": "ReplayPlugin", "mem_size": 200, "batch_size_mem": 32}}
+    with_replay = [make_run("convprompt", seed, 75.0 + seed, 8.0, label="ConvPrompt", config=dict(replay))
+                   for seed in (0, 1)]
+    joint = [r for r in runs if r["method"] == "joint"]            # joint gets no buffer: "replay" absent
+    rows = report.aggregate(with_replay + joint)
+    assert [r["label"] for r in rows] == ["ConvPrompt + replay 200", "Joint"]
+    assert row_of(rows, "convprompt")["published_accuracy"] is None       # published numbers are rehearsal-free
+    table = report.markdown_table(rows, "split_cifar100")
+    assert table_row(table, "ConvPrompt + replay 200")[:3] == ["ConvPrompt + replay 200", "0, 1", "75.50 ± 0.71"]
+    assert table_row(table, "ConvPrompt + replay 200")[7] == "–"
+    assert "ConvPrompt + replay 200" in report.csv_table(rows)
+    plain = row_of(report.aggregate(runs), "convprompt")
+    assert plain["label"] == "ConvPrompt" and plain["published_accuracy"] == 88.87
+    mixed = [runs[1], with_replay[1]]                                   # seed 0 without, seed 1 with
+    with pytest.raises(ValueError, match=r"runs of 'convprompt' mix replay buffers of 0 and 200 samples "
+                                         r"\(0: no replay\); report them from separate folders"):
+        report.aggregate(mixed)
+    off = make_run("convprompt", 1, 70.0, 9.0, label="ConvPrompt", config={"replay": None})
+    assert report.aggregate([runs[1], off])[0]["label"] == "ConvPrompt"      # None, as the runner writes: no replay
+
+
 def test_missing_field_names_the_field_and_the_run(runs):
     del runs[1]["train_seconds"]
     with pytest.raises(ValueError, match=r"method='convprompt', seed=0.*'train_seconds'"):

@@ -26,6 +26,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from .experiences import experience_classes
+
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 IMAGENET_R_URL = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
 CUB200_URL = "https://data.caltech.edu/records/65de6-vzh59/files/CUB_200_2011.tgz"
@@ -284,7 +286,7 @@ def _stream_from_files(name: str, files: FileSplit, class_names: Dict[int, str],
     per_exp = n_classes // n_experiences
     expected = [sorted(order[k * per_exp:(k + 1) * per_exp]) for k in range(n_experiences)]
     for stream in (bm.train_stream, bm.test_stream):
-        got = [sorted(exp.classes_in_this_experience) for exp in stream]
+        got = [experience_classes(exp) for exp in stream]
         if got != expected:
             raise RuntimeError(f"Avalanche built {stream.name} experiences {got}, expected {expected}; "
                                "nc_benchmark's behaviour changed")

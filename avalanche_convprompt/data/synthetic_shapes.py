@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .experiences import experience_classes
+
 __all__ = [
     "SHAPES",
     "PATTERNS",
@@ -487,7 +489,7 @@ def make_synthetic_benchmark(
     expected = [order[k * classes_per_experience:(k + 1) * classes_per_experience]
                 for k in range(n_experiences)]
     for stream in (benchmark.train_stream, benchmark.test_stream):
-        got = [sorted(exp.classes_in_this_experience) for exp in stream]
+        got = [experience_classes(exp) for exp in stream]
         if got != [sorted(e) for e in expected]:
             raise RuntimeError(f"Avalanche built experiences {got} for {stream.name}, expected "
                                f"{expected}; class_incremental_benchmark's behaviour changed")

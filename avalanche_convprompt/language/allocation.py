@@ -190,6 +190,12 @@ class LanguageModelAllocation:
         return sorted({d for c in classes for d in self.descriptors[c]})
 
     def allocate(self, experience: int, new_classes: Sequence[int], previous_classes: Sequence[int]) -> Allocation:
+        repeated = sorted(set(new_classes) & set(previous_classes))
+        if repeated:            # e.g. a task-incremental stream whose class ids restart at 0 in every experience
+            raise ValueError(
+                f"experience {experience}: class ids {repeated} also belong to earlier experiences; this policy looks "
+                "descriptors up by class id, so it needs ids that name one class each (not ids restarting at 0 in "
+                "every experience): use FixedAllocation, or give every class its own id")
         current = self._union(new_classes)
         if not previous_classes:
             return Allocation(experience, self.max_generators, list(new_classes))

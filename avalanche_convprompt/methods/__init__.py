@@ -2,7 +2,8 @@
 
 One folder per method (``convprompt/``, ``l2p/``, ``dualprompt/``,
 ``coda_prompt/``, ``finetune/``, ``joint/``), each with its prompt module, its
-strategy and its settings; :mod:`.template` holds what all strategies share and
+strategy and its settings; :mod:`.template` holds what all strategies share,
+:mod:`.optimisation` who owns their optimiser and schedule, and
 :mod:`.registry` the methods by name. Adding a method is one folder and one
 :func:`register_method` call: see ``docs/adding_a_method.md``.
 """

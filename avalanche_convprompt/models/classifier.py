@@ -1,7 +1,8 @@
 """The network a prompt strategy trains: frozen prompted ViT, prompt module, heads.
 
 ``PromptedClassifier(x)`` = ``heads(backbone(x, prompts))``: logits indexed by
-class id. The backbone stays frozen except, when ``train_norms`` (ConvPrompt's
+class id (``PromptedClassifier(x, task_labels)`` with task-incremental heads:
+each sample's own task's head only). The backbone stays frozen except, when ``train_norms`` (ConvPrompt's
 recipe), its LayerNorms (each block's ``norm1``/``norm2`` and the final ``norm``).
 
 ``prompt_module`` is one of
@@ -125,7 +126,8 @@ class PromptedClassifier(nn.Module):
             "transforms.Normalize (normalize_inputs=True applies the backbone's statistics inside the model)",
             InputRangeWarning, stacklevel=3)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, task_labels: Optional[Tensor] = None) -> Tensor:
+        """Logits indexed by class id; ``task_labels`` (task-incremental heads only) picks each sample's head."""
         x = self.backbone.as_input(x)                   # uint8 0..255 -> [0, 1], the backbone's dtype
         self.check_range(x)
         if self.input_mean is not None:
@@ -133,14 +135,14 @@ class PromptedClassifier(nn.Module):
         module = self.prompt_module
         self.last_plan = None
         if module is None or not module.ready:
-            return self.heads(self.backbone(x))
+            return self.heads(self.backbone(x), task_labels)
         if getattr(module, "needs_query", False):
             plan = module.prompter(self.query(x), task=self.task_hint if self.training else None)
             self.last_plan = plan
             features = self.backbone(x, plan if plan.prefixes else None, prepend=plan.prepend)
         else:
             features = self.backbone(x, module.prompter())
-        return self.heads(features)
+        return self.heads(features, task_labels)
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Learnable parameters by part, old (frozen) generators and heads included.

@@ -6,19 +6,32 @@ are written into a vector indexed by class id, so Avalanche's metrics, which
 compare ``argmax(output)`` with the label, work unchanged. Ids that no head owns
 get the lowest finite value of the dtype: they never win the argmax and they add
 exactly nothing to a softmax.
+
+Each head also records the task label of its experience. In task-incremental
+mode (``TaskHeads(task_incremental=True)``) that label, not the class ids, is
+what identifies a head: class ids may repeat across heads (every task may
+number its classes from 0), and :meth:`TaskHeads.forward` takes each sample's
+task label and answers with the logits of that task's head only, at its class
+ids, everything else at the lowest value, so ``argmax`` is a class of the
+sample's own task.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 
+#: Task label of a head saved before heads recorded one (version 0.1 checkpoints).
+UNKNOWN_TASK = -1
+
+
 class ClassifierHead(nn.Module):
     """``LayerNorm + Linear`` (or ``Linear`` alone, ``norm=False``) for the classes of one experience."""
 
-    def __init__(self, in_features: int, class_ids: Iterable[int], norm: bool = True):
+    def __init__(self, in_features: int, class_ids: Iterable[int], norm: bool = True,
+                 task_label: int = UNKNOWN_TASK):
         super().__init__()
         ids = torch.as_tensor(list(class_ids), dtype=torch.long)
         if ids.numel() == 0:
@@ -30,7 +43,9 @@ class ClassifierHead(nn.Module):
         self.norm = nn.LayerNorm(in_features) if norm else nn.Identity()
         self.linear = nn.Linear(in_features, ids.numel())
         self.register_buffer("class_ids", ids)
-        self.classes = tuple(ids.tolist())     # host copy: bookkeeping never waits for the device
+        self.register_buffer("task_label", torch.tensor(int(task_label), dtype=torch.long))
+        self.classes = tuple(ids.tolist())     # host copies: bookkeeping never waits for the device
+        self.task = int(task_label)
         self.register_load_state_dict_post_hook(_refresh_host_classes)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -39,6 +54,7 @@ class ClassifierHead(nn.Module):
 
 def _refresh_host_classes(head: ClassifierHead, incompatible_keys) -> None:
     head.classes = tuple(head.class_ids.tolist())
+    head.task = int(head.task_label)
 
 
 class TaskHeads(nn.Module):
@@ -47,12 +63,14 @@ class TaskHeads(nn.Module):
     ``norm=False`` gives plain linear heads: with old heads frozen this is the
     single linear classifier of L2P / DualPrompt / CODA-Prompt, whose logits of
     other experiences' classes are masked while training.
+    ``task_incremental=True``: one head per task label, class ids local to it.
     """
 
-    def __init__(self, in_features: int, norm: bool = True):
+    def __init__(self, in_features: int, norm: bool = True, task_incremental: bool = False):
         super().__init__()
         self.in_features = in_features
         self.norm = norm
+        self.task_incremental = task_incremental
         self.heads = nn.ModuleList()
         self.register_load_state_dict_pre_hook(_grow_heads_to_match_state_dict)
 
@@ -65,22 +83,37 @@ class TaskHeads(nn.Module):
         return [c for head in self.heads for c in head.classes]
 
     @property
+    def task_labels(self) -> Tuple[int, ...]:
+        """Task label of each head, in head order."""
+        return tuple(head.task for head in self.heads)
+
+    @property
     def num_outputs(self) -> int:
         """Width of the output: the largest class id seen so far plus one."""
         return max(self.seen_classes) + 1 if len(self.heads) else 0
 
-    def add_head(self, class_ids: Iterable[int]) -> ClassifierHead:
-        """Append a head for new classes; every earlier head is frozen."""
+    def add_head(self, class_ids: Iterable[int], task_label: int = UNKNOWN_TASK) -> ClassifierHead:
+        """Append a head for new classes (task-incremental: for a new task); every earlier head is frozen."""
         ids = sorted(int(c) for c in class_ids)
-        repeated = sorted(set(ids) & set(self.seen_classes))
-        if repeated:
-            raise ValueError(
-                f"classes {repeated} were already learned in an earlier experience; "
-                "this class-incremental method expects every experience to bring new classes")
+        if self.task_incremental:
+            if task_label in self.task_labels:
+                raise ValueError(
+                    f"task label {task_label} already has a head; task-incremental mode expects every experience "
+                    "to bring a new task label")
+            if task_label < 0:
+                raise ValueError(
+                    f"a task-incremental head needs its experience's task label (>= 0), got {task_label}; heads "
+                    "saved by version 0.1 have none and load only into a class-incremental strategy")
+        else:
+            repeated = sorted(set(ids) & set(self.seen_classes))
+            if repeated:
+                raise ValueError(
+                    f"classes {repeated} were already learned in an earlier experience; "
+                    "this class-incremental method expects every experience to bring new classes")
         for head in self.heads:
             head.requires_grad_(False)
         ref = next(iter(self.parameters()), None)
-        head = ClassifierHead(self.in_features, ids, norm=self.norm)
+        head = ClassifierHead(self.in_features, ids, norm=self.norm, task_label=task_label)
         if ref is not None:
             head.to(device=ref.device, dtype=ref.dtype)
         self.heads.append(head)
@@ -90,14 +123,54 @@ class TaskHeads(nn.Module):
         """``(B, S)`` logits of all heads, ``S`` seen classes in :attr:`seen_classes` order."""
         return torch.cat([head(features) for head in self.heads], dim=1)
 
-    def forward(self, features: Tensor) -> Tensor:
-        """``(B, max_class_id + 1)`` logits indexed by class id."""
+    def forward(self, features: Tensor, task_labels: Optional[Tensor] = None) -> Tensor:
+        """``(B, max_class_id + 1)`` logits indexed by class id.
+
+        With ``task_labels`` (task-incremental mode), row ``i`` holds only the
+        logits of the head of task ``task_labels[i]``; a row whose task has no
+        head is all lowest values (see :meth:`has_head`).
+        """
         if not len(self.heads):
             raise RuntimeError("the model has no classifier head yet: train it on an experience first")
+        if self.task_incremental:
+            if task_labels is None:
+                raise ValueError("these heads are task-incremental: pass each sample's task label "
+                                 "(model(x, task_labels=...))")
+            return self.task_logits(features, task_labels)
+        if task_labels is not None:
+            raise ValueError("task_labels given to class-incremental heads; build the strategy with "
+                             "task_incremental=True to classify within each sample's task")
         logits = self.concatenated_logits(features)
         ids = torch.cat([head.class_ids for head in self.heads])
         out = logits.new_full((logits.shape[0], self.num_outputs), torch.finfo(logits.dtype).min)
         return out.index_copy(1, ids, logits)
+
+    def has_head(self, task_labels: Tensor) -> Tensor:
+        """Boolean mask: which of these task labels have a head."""
+        known = torch.as_tensor(self.task_labels, dtype=torch.long, device=task_labels.device)
+        return torch.isin(task_labels.long(), known)
+
+    def task_logits(self, features: Tensor, task_labels: Tensor) -> Tensor:
+        """Each row: the logits of its own task's head at that head's class ids, the lowest value elsewhere."""
+        tasks = task_labels.reshape(-1).long().tolist()        # one transfer per batch
+        if len(tasks) != features.shape[0]:
+            raise ValueError(f"{len(tasks)} task labels for a batch of {features.shape[0]}")
+        width = self.num_outputs
+        out = None
+        for head in self.heads:
+            rows = [i for i, t in enumerate(tasks) if t == head.task]
+            if not rows:
+                continue
+            rows_t = torch.as_tensor(rows, device=features.device)
+            logits = head(features.index_select(0, rows_t))
+            if out is None:
+                out = logits.new_full((len(tasks), width), torch.finfo(logits.dtype).min)
+            block = logits.new_full((len(rows), width), torch.finfo(logits.dtype).min)
+            out = out.index_copy(0, rows_t, block.index_copy(1, head.class_ids, logits))
+        if out is None:                  # no sample of a known task: nothing to predict
+            dtype = self.heads[-1](features[:0]).dtype
+            out = features.new_full((len(tasks), width), torch.finfo(dtype).min, dtype=dtype)
+        return out
 
 
 def label_positions(labels: Tensor, class_ids: Tensor) -> Tensor:
@@ -115,8 +188,15 @@ def label_positions(labels: Tensor, class_ids: Tensor) -> Tensor:
 
 
 def _grow_heads_to_match_state_dict(heads: TaskHeads, state_dict: Dict[str, Tensor], prefix: str, *args) -> None:
-    """Load-time hook: rebuild the heads a saved model had, so a fresh model can load it."""
-    i = len(heads.heads)
+    """Load-time hook: rebuild the heads a saved model had, so a fresh model can load it.
+
+    Heads saved before they recorded a task label (version 0.1) get :data:`UNKNOWN_TASK`.
+    """
+    i = 0
     while f"{prefix}heads.{i}.class_ids" in state_dict:
-        heads.add_head(state_dict[f"{prefix}heads.{i}.class_ids"].tolist())
+        key = f"{prefix}heads.{i}.task_label"
+        if key not in state_dict:
+            state_dict[key] = torch.tensor(UNKNOWN_TASK, dtype=torch.long)
+        if i >= len(heads.heads):
+            heads.add_head(state_dict[f"{prefix}heads.{i}.class_ids"].tolist(), int(state_dict[key]))
         i += 1

@@ -58,6 +58,8 @@ class PromptPlan:
         num_heads: to split prefixes into heads.
         prepend: ``(B, P, C)`` tokens for prompt tuning, or ``None``.
         matching_loss: scalar pulling the used keys towards the queries, or ``None``.
+        matching_per_sample: ``(B,)`` each sample's share of it (``matching_loss`` is
+            their mean), so a strategy can leave replayed samples out; or ``None``.
         selected: ``(B, k)`` indices of the prompts each sample uses, or ``None``.
     """
 
@@ -65,6 +67,7 @@ class PromptPlan:
     prefixes: Dict[int, Tensor] = field(default_factory=dict)
     prepend: Optional[Tensor] = None
     matching_loss: Optional[Tensor] = None
+    matching_per_sample: Optional[Tensor] = None
     selected: Optional[Tensor] = None
 
     def __call__(self, block: int, query: Tensor) -> Tuple[Tensor, Tensor]:

@@ -21,6 +21,8 @@ from typing import Dict, List, Protocol, Sequence
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
 
+from ..data.experiences import experience_classes
+
 
 @dataclass
 class Allocation:
@@ -74,7 +76,7 @@ class PromptExpansionPlugin(SupervisedPlugin, supports_distributed=True):
 
     def before_train_dataset_adaptation(self, strategy, *args, **kwargs):
         experience = strategy.experience.current_experience
-        new_classes = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
+        new_classes = experience_classes(strategy.experience)
         # what came before is read from the model (its heads), so a reloaded model continues correctly
         heads = strategy.net.heads
         decision = self.policy.allocate(len(heads), new_classes, heads.seen_classes)

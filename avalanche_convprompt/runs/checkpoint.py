@@ -13,8 +13,15 @@ everything the rest of the run depends on:
   decide the next experience's shuffling and new parameters' initialisation;
 * whatever the caller adds (``extra``: e.g. time spent so far).
 
-Optimiser and schedule need not be saved: every strategy here re-creates them
-at the start of each experience.
+Optimiser and schedule need not be saved: every strategy here empties its
+optimiser's state and restarts its schedule at the start of each experience
+(:mod:`~avalanche_convprompt.methods.optimisation`). The one exception, not
+saved: an ``LRSchedulerPlugin`` built with ``reset_lr=False`` or
+``reset_scheduler=False`` carries its position across experiences.
+A replay buffer (Avalanche's ``ReplayPlugin`` and other plugins with a
+``storage_policy``) is not saved: resuming such a strategy after its first
+experience raises :class:`CheckpointError` rather than continue with an empty
+buffer.
 
 Safety: files are written to a temporary name, flushed to disk and then
 renamed, so the previous checkpoint stays whole until the new one is
@@ -184,6 +191,13 @@ def restore_strategy(strategy, state: Dict[str, Any]) -> int:
     """Load a :func:`strategy_state` into a freshly built strategy; returns the experiences completed."""
     if state.get("strategy") != type(strategy).__name__:
         raise CheckpointError(f"the checkpoint was written by {state.get('strategy')}, not {type(strategy).__name__}")
+    buffers = [type(p).__name__ for p in strategy.plugins
+               if hasattr(p, "storage_policy") and not hasattr(p, "load_state_dict")]
+    if buffers and int(state.get("completed_experiences", 0)) > 0:
+        raise CheckpointError(
+            f"the strategy has {', '.join(buffers)}, whose replay buffer a checkpoint does not hold: resuming would "
+            "continue with an empty buffer and give other results than an uninterrupted run; start the run again "
+            "from the first experience")
     unwrap(strategy.model).load_state_dict(state["model"])
     strategy.model.to(strategy.device)
     restore_state(strategy.clock, state["clock"])

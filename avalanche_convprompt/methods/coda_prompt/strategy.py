@@ -40,10 +40,12 @@ class CodaPrompt(QueryPromptTemplate):
         Others: as ``SupervisedTemplate``.
     """
 
+    default_lr_schedule = "cosine"
+
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                  prompt_layers: Sequence[int] = (0, 1, 2, 3, 4), components_per_task: int = 10,
                  prompt_length: int = 8, orthogonality_penalty: float = 0.0, lr: Optional[float] = None,
-                 base_lr: float = 0.002, lr_schedule: str = "cosine", clip_grad_norm: Optional[float] = 1.0,
+                 base_lr: float = 0.002, lr_schedule: Optional[str] = None, clip_grad_norm: Optional[float] = 1.0,
                  normalize_inputs: bool = False, train_mb_size: int = 128, train_epochs: int = 20,
                  eval_mb_size: Optional[int] = None, device=None, plugins: Optional[Sequence] = None,
                  evaluator=default_evaluator, eval_every: int = -1, **kwargs):

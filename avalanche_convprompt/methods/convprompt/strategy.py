@@ -12,7 +12,9 @@ The recipe, per experience ``t`` (see ``../shared/spec/convprompt.md``):
 * loss = cross-entropy over the current classes only
   ``+ drift_penalty * (|E - E_start|_1 + |M - M_start|_1)`` for ``t > 0``, where
   ``E`` are the shared embeddings, ``M`` all matcher parameters and ``*_start``
-  their values when the experience began;
+  their values when the experience began (a batch that also holds earlier
+  classes, e.g. from Avalanche's ``ReplayPlugin``, gets cross-entropy over all
+  seen classes instead: see :mod:`~avalanche_convprompt.methods.template`);
 * cosine decay of every group's rate to 0 over the experience, clipping at 1.0.
 """
 from __future__ import annotations
@@ -153,7 +155,7 @@ class ConvPrompt(PromptedViTTemplate):
         return sum((p - a).abs().sum() for p, a in zip(params, self._drift_anchor))
 
     def training_loss(self) -> Tensor:
-        loss = self.masked_cross_entropy(self.current_classes())
+        loss = self.training_cross_entropy()
         if self.drift_penalty:
             loss = loss + self.drift_penalty * self.drift_loss()
         return loss

@@ -117,18 +117,19 @@ class DualPromptPool(nn.Module):
             selected = scores.argmax(dim=1)                           # (B,)
             if self.selection == "batch_vote":
                 selected = batch_vote(selected.unsqueeze(1), self.num_tasks, 1).squeeze(1)
-            matching = None
+            per_sample = None
         else:
             if not 0 <= task < self.num_tasks:
                 raise ValueError(f"task {task} has no E-prompt (there are {self.num_tasks})")
             selected = torch.full((B,), task, dtype=torch.long, device=query.device)
-            matching = (1.0 - scores[:, task]).mean()
+            per_sample = 1.0 - scores[:, task]
         e = torch.stack(list(self.e_prompts))[selected]               # (B, De, 2, Le, C)
         prefixes = {block: e[:, slot] for slot, block in enumerate(self.e_layers)}
         for slot, block in enumerate(self.g_layers):
             prefixes[block] = self.g_prompt[slot].unsqueeze(0).expand(B, -1, -1, -1)
-        return PromptPlan(num_heads=self.num_heads, prefixes=prefixes, matching_loss=matching,
-                          selected=selected.unsqueeze(1))
+        return PromptPlan(num_heads=self.num_heads, prefixes=prefixes,
+                          matching_loss=per_sample.mean() if per_sample is not None else None,
+                          matching_per_sample=per_sample, selected=selected.unsqueeze(1))
 
     def parameter_breakdown(self):
         return {"g_prompt": self.g_prompt.numel() if self.g_prompt is not None else 0,

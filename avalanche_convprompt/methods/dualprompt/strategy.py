@@ -43,10 +43,12 @@ class DualPrompt(QueryPromptTemplate):
         Others: as ``SupervisedTemplate``.
     """
 
+    default_lr_schedule = "constant"
+
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                  g_layers: Sequence[int] = (0, 1), e_layers: Sequence[int] = (2, 3, 4), g_length: int = 5,
                  e_length: int = 20, matching_weight: float = 1.0, lr: Optional[float] = None,
-                 base_lr: float = 0.005, lr_schedule: str = "constant", clip_grad_norm: Optional[float] = 1.0,
+                 base_lr: float = 0.005, lr_schedule: Optional[str] = None, clip_grad_norm: Optional[float] = 1.0,
                  normalize_inputs: bool = False, selection: str = "per_sample", shared_prompt_pool: bool = False,
                  train_mb_size: int = 128, train_epochs: int = 5,
                  eval_mb_size: Optional[int] = None, device=None, plugins: Optional[Sequence] = None,

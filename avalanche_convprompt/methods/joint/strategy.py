@@ -5,7 +5,9 @@ The trainable parts of :class:`~avalanche_convprompt.SequentialFineTuning`
 once on the union of all training experiences, so nothing can be forgotten.
 Call ``train`` once with the whole training stream, then evaluate on the test
 stream: the accuracy matrix has one row (see
-:func:`~avalanche_convprompt.evaluation.summarize_run`).
+:func:`~avalanche_convprompt.evaluation.summarize_run`). With
+``task_incremental=True`` it builds one head per experience's task label and
+trains them all at once, each sample through its own task's head.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from ...data.experiences import experience_classes, experience_task_labels
 from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
+from ...runs.distributed import unwrap
 from ..template import PromptedViTTemplate, build_prompted_classifier
 
 
@@ -56,7 +60,28 @@ class JointTraining(PromptedViTTemplate):
         self.adapted_dataset = concat_datasets([e.dataset for e in self._joint_experiences]).train()
 
     def new_classes(self) -> List[int]:
-        return sorted({int(c) for e in self._joint_experiences for c in e.classes_in_this_experience})
+        return sorted({c for e in self._joint_experiences for c in experience_classes(e)})
+
+    def check_experience(self) -> None:
+        """The template's checks on the union; task-incremental: one distinct task label per experience."""
+        super().check_experience()
+        if self.task_incremental:
+            tasks = [self.check_task_labels(e, training=True)[0] for e in self._joint_experiences]
+            repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+            if repeated:
+                raise ValueError(f"task label(s) {repeated} appear in several experiences; task-incremental joint "
+                                 "training needs a different task label in every experience")
+
+    def model_adaptation(self, model=None):
+        """Task-incremental: one head per experience, all of them trained."""
+        if not (self.is_training and self.task_incremental):
+            return super().model_adaptation(model)
+        model = model if model is not None else self.model
+        net = unwrap(model)
+        for experience in self._joint_experiences:
+            net.heads.add_head(experience_classes(experience), experience_task_labels(experience)[0])
+        net.heads.requires_grad_(True)
+        return model.to(self.device)
 
     def trainable_groups(self) -> List[Dict]:
         return [{"params": list(self.net.heads.parameters()), "lr": self.lr},

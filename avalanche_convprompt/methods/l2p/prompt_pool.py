@@ -83,8 +83,9 @@ class L2PPromptPool(nn.Module):
         tokens = self.prompts[selected]                               # (B, N, L, C)
         B = query.shape[0]
         prepend = tokens.reshape(B, self.top_k * self.prompt_length, self.embed_dim)
-        matching = (1.0 - top_scores).sum(dim=1).mean()
-        return PromptPlan(num_heads=self.num_heads, prepend=prepend, matching_loss=matching, selected=selected)
+        per_sample = (1.0 - top_scores).sum(dim=1)
+        return PromptPlan(num_heads=self.num_heads, prepend=prepend, matching_loss=per_sample.mean(),
+                          matching_per_sample=per_sample, selected=selected)
 
     def parameter_breakdown(self):
         return {"prompts": self.prompts.numel(), "keys": self.keys.numel()}

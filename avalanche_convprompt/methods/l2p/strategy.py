@@ -36,9 +36,11 @@ class L2P(QueryPromptTemplate):
         Others: as ``SupervisedTemplate``.
     """
 
+    default_lr_schedule = "constant"
+
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                  pool_size: int = 10, prompt_length: int = 5, top_k: int = 5, matching_weight: float = 0.1,
-                 lr: Optional[float] = None, base_lr: float = 0.03, lr_schedule: str = "constant",
+                 lr: Optional[float] = None, base_lr: float = 0.03, lr_schedule: Optional[str] = None,
                  clip_grad_norm: Optional[float] = 1.0, normalize_inputs: bool = False, selection: str = "per_sample",
                  train_mb_size: int = 128, train_epochs: int = 5, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
