@@ -62,6 +62,10 @@ def test_a_short_experience_at_the_default_rate_warns_once_and_names_the_rate_to
 
 def test_a_rate_the_user_chose_never_warns():
     assert train_two_experiences(lr=0.0001) == []
+    # an optimiser (its own rate) or an optimiser factory also means the user chose the rate
+    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0001)
+    assert train_two_experiences(optimizer=sgd) == []
+    assert train_two_experiences(optimizer_factory=lambda groups: torch.optim.SGD(groups)) == []
 
 
 def test_the_small_data_measurement_runs_and_reports_the_warning(capsys):

@@ -112,7 +112,8 @@ class ConvPrompt(PromptedViTTemplate):
         if not any(isinstance(p, PromptExpansionPlugin) for p in plugins):
             plugins.append(PromptExpansionPlugin(allocation or FixedAllocation(generators_per_task)))
         self.drift_penalty = drift_penalty
-        self.lr_from_rule = lr is None
+        # the paper's rate rule is in charge (nothing the user passed sets the rate): the short-schedule check applies
+        self.lr_from_rule = lr is None and kwargs.get("optimizer") is None and kwargs.get("optimizer_factory") is None
         self._drift_anchor: List[Tensor] = []
         super().__init__(model=model, lr=lr, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
                          train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins,
