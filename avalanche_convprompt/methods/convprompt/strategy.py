@@ -30,6 +30,7 @@ from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
 from ...models.classifier import PromptedClassifier
 from ...models.prompted_vit import PromptedViT
 from ...plugins.expansion import FixedAllocation, PromptExpansionPlugin
+from ..short_schedule import warn_if_short_schedule
 from ..template import PromptedViTTemplate, build_prompted_classifier
 from .prompt_pool import ConvPromptPool
 
@@ -79,7 +80,11 @@ class ConvPrompt(PromptedViTTemplate):
         generators_per_task: ``n_max`` of the default fixed allocation (paper: 5).
         drift_penalty: ``lambda`` of the L1 drift terms (paper: 0.01).
         clip_grad_norm: gradient clipping norm (paper: 1.0).
-        lr: learning rate; default ``0.005 * train_mb_size / 256``.
+        lr: learning rate; default ``0.005 * train_mb_size / 256``, the paper's
+            rule, tuned for 190-1,500 iterations per experience: when an
+            experience is much shorter (``lr x iterations < 0.1``) a
+            :class:`~avalanche_convprompt.methods.short_schedule.ShortScheduleWarning`
+            says which rate to pass instead.
         normalize_inputs: normalise inputs with the backbone's mean/std
             (the published setup does not).
         train_keys: train the new generators' keys (``False``, the default, is
@@ -107,6 +112,8 @@ class ConvPrompt(PromptedViTTemplate):
         if not any(isinstance(p, PromptExpansionPlugin) for p in plugins):
             plugins.append(PromptExpansionPlugin(allocation or FixedAllocation(generators_per_task)))
         self.drift_penalty = drift_penalty
+        # the paper's rate rule is in charge (nothing the user passed sets the rate): the short-schedule check applies
+        self.lr_from_rule = lr is None and kwargs.get("optimizer") is None and kwargs.get("optimizer_factory") is None
         self._drift_anchor: List[Tensor] = []
         super().__init__(model=model, lr=lr, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
                          train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins,
@@ -131,6 +138,11 @@ class ConvPrompt(PromptedViTTemplate):
             {"params": list(self.net.heads.heads[-1].parameters()), "lr": self.lr},
             {"params": self.net.norm_parameters(), "lr": self.norm_lr()},
         ]
+
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)
+        if self.lr_from_rule:
+            warn_if_short_schedule(self)
 
     def make_optimizer(self, **kwargs):
         super().make_optimizer(**kwargs)
