@@ -55,16 +55,22 @@ def test_runner_writes_one_record_per_run_and_the_report(tmp_path, capsys):
         assert open(paths[key], "rb").read(4) == b"\x89PNG"
 
 
-def test_runner_replay_gives_continual_methods_avalanches_plugin_records_it_and_restarts_on_resume(tmp_path,
-                                                                                                   monkeypatch):
+def record_built_strategies(monkeypatch) -> dict:
+    """Method name -> the strategy the runner built, filled as the runner goes."""
     built = {}
+    build_strategy = run.build_strategy
 
     def spy(method, *args, **kwargs):
         built[method] = strategy = build_strategy(method, *args, **kwargs)
         return strategy
 
-    build_strategy = run.build_strategy
     monkeypatch.setattr(run, "build_strategy", spy)
+    return built
+
+
+def test_runner_replay_gives_continual_methods_avalanches_plugin_records_it_and_restarts_on_resume(tmp_path,
+                                                                                                   monkeypatch):
+    built = record_built_strategies(monkeypatch)
     out = tmp_path / "bench"
     argv = ["--strategy", "l2p", "joint", "--seeds", "0", "--experiences", "2", "--epochs", "1",
             "--train-per-class", "8", "--test-per-class", "4", "--replay", "8", "--output", str(out), "--no-progress",
@@ -92,14 +98,7 @@ def test_runner_replay_gives_continual_methods_avalanches_plugin_records_it_and_
 
 def test_runner_task_incremental_labels_each_experience_and_scores_each_sample_by_its_tasks_head(tmp_path,
                                                                                                    monkeypatch):
-    built = {}
-
-    def spy(method, *args, **kwargs):
-        built[method] = strategy = build_strategy(method, *args, **kwargs)
-        return strategy
-
-    build_strategy = run.build_strategy
-    monkeypatch.setattr(run, "build_strategy", spy)
+    built = record_built_strategies(monkeypatch)
     out = tmp_path / "bench"
     run.main(["--strategy", "convprompt", "--seeds", "0", "--experiences", "2", "--epochs", "1",
               "--train-per-class", "8", "--test-per-class", "4", "--task-incremental", "--output", str(out),
