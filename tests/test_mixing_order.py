@@ -134,3 +134,9 @@ def test_classifier_logits_and_gradients_equal_in_both_orders():
     for name in grads_o:
         scale = float(grads_o[name].abs().max())
         torch.testing.assert_close(grads_k[name], grads_o[name], atol=1e-5 * max(scale, 1e-3), rtol=1e-4, msg=name)
+
+
+def test_the_mixing_order_timer_times_both_orders():
+    from benchmarks import mixing_order
+    rows = mixing_order.main(["--threads", "1", "--batches", "2", "--rounds", "1"])
+    assert list(rows) == [2] and set(rows[2]) == {"outputs", "kernels"} and min(rows[2].values()) > 0
