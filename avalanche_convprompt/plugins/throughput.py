@@ -7,6 +7,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from avalanche.core import SupervisedPlugin
 
+from .timing import global_batch_images
+
 
 class EpochThroughput(SupervisedPlugin, supports_distributed=True):
     """Measures every training epoch from its start to its end, data loading included.
@@ -46,8 +48,7 @@ class EpochThroughput(SupervisedPlugin, supports_distributed=True):
         self._start = self._now(strategy)
 
     def after_training_iteration(self, strategy, **kwargs):
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        self._images += len(strategy.mb_x) * world
+        self._images += global_batch_images(strategy)
 
     def after_training_epoch(self, strategy, **kwargs):
         seconds = self._now(strategy) - self._start

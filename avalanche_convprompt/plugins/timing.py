@@ -8,6 +8,12 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 
+def global_batch_images(strategy) -> int:
+    """Images in the current training step over all processes: the local batch times the world size."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return len(strategy.mb_x) * world
+
+
 class FirstIterationTimer(SupervisedPlugin, supports_distributed=True):
     """Times training calls, leaving out the first iteration of the run.
 
@@ -29,8 +35,7 @@ class FirstIterationTimer(SupervisedPlugin, supports_distributed=True):
     def after_training_iteration(self, strategy, **kwargs):
         if self.first_iteration_end is None:
             self.first_iteration_end = time.perf_counter()
-            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-            self.untimed_images = len(strategy.mb_x) * world         # the global batch
+            self.untimed_images = global_batch_images(strategy)
 
     def timed(self, train, *args, **kwargs) -> float:
         """Seconds of ``train(*args, **kwargs)``, less the run's first iteration if it happens inside."""
