@@ -266,6 +266,11 @@ class ConvPromptPool(nn.Module):
             self._reused = previous
 
 
+def unit_keys_t(keys: List[Tensor]) -> List[Tensor]:
+    """Each group's keys ``(G_group, key_dim)`` normalised and transposed to ``(key_dim, G_group)``."""
+    return [F.normalize(k, dim=-1).T for k in keys]
+
+
 class ConvPrompter:
     """Mixes the generators per sample, layer by layer.
 
@@ -292,7 +297,7 @@ class ConvPrompter:
     def _use_outputs(self, groups: List[Tuple[Tensor, Tensor]]) -> None:
         # one view per layer (unbind): the backward stacks the layers' gradients once
         self.outputs = [outputs.unbind(0) for outputs, _ in groups]
-        self.unit_keys_t = [F.normalize(keys, dim=-1).T for _, keys in groups]    # (key_dim, G_group)
+        self.unit_keys_t = unit_keys_t([keys for _, keys in groups])
 
     def _prepare(self, batch: int) -> None:
         pool, groups = self.pool, self.task_groups
@@ -302,7 +307,7 @@ class ConvPrompter:
             kernels = [pool.generator_kernels(g) for g in groups]
             self.kernels = [(w.unbind(0), b.unbind(0)) for w, b, _ in kernels]
             self.embeddings = pool.shared_embeddings.unbind(0)             # (H, 2, L + k - 1, Dh + k - 1) each
-            self.unit_keys_t = [F.normalize(keys, dim=-1).T for *_, keys in kernels]
+            self.unit_keys_t = unit_keys_t([keys for *_, keys in kernels])
         else:
             self._use_outputs([pool.generator_outputs(g) for g in groups])
 
