@@ -3,11 +3,12 @@ from setuptools import find_packages, setup
 
 setup(
     name="avalanche-convprompt",
-    version="0.1.0",
+    version="0.2.0",
     description="ConvPrompt continual learning over timm Vision Transformers, as an Avalanche strategy",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["avalanche_convprompt", "avalanche_convprompt.*"]),
+    # benchmarks/ installs too, so that the commands below work from any folder
+    packages=find_packages(include=["avalanche_convprompt", "avalanche_convprompt.*", "benchmarks"]),
     package_data={"avalanche_convprompt": ["data/assets/*.pt", "data/assets/*.json",
                                           "language/descriptors/data/*.json"]},
     python_requires=">=3.10",
@@ -22,7 +23,15 @@ setup(
         "matplotlib",
         "tqdm",
     ],
+    entry_points={
+        "console_scripts": [
+            "convprompt-run = benchmarks:run_cli",                 # python -m benchmarks.run
+            "convprompt-report = benchmarks:report_cli",           # python -m benchmarks.report
+            "convprompt-recipes = benchmarks:recipes_cli",         # python -m benchmarks.recipes
+            "convprompt-parameters = benchmarks:parameters_cli",   # python -m benchmarks.parameters
+        ],
+    },
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],
     },
 )

@@ -38,7 +38,7 @@ from .plugins import Allocation, FixedAllocation, PromptExpansionPlugin
 
 _moved.install()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConvPrompt", "L2P", "DualPrompt", "CodaPrompt", "SequentialFineTuning", "JointTraining", "PromptedViTTemplate",

@@ -8,6 +8,9 @@ so classes are identical and ``isinstance`` checks across old and new paths
 hold. Where one 0.1 module was split in two (a plugin and the machinery under
 it), the old name gives a module holding the names of both.
 
+Each old name warns once (``DeprecationWarning``, naming the new path) when
+first imported: the 0.1 paths go in 0.3.
+
 Nothing is copied and nothing is imported until an old name is used: a finder
 on ``sys.meta_path`` (installed by the package's ``__init__``) answers for the
 old names only.
@@ -20,6 +23,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+import warnings
 from typing import Dict, Optional, Tuple
 
 PACKAGE = __name__.rpartition(".")[0]
@@ -93,6 +97,10 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return spec
 
     def create_module(self, spec):
+        old = spec.name[len(PACKAGE) + 1:]
+        now = spec.loader_state or " and ".join(f"{PACKAGE}.{p}" for p in SPLIT[old])
+        warnings.warn(f"{spec.name} is version 0.1's import path and will be removed in 0.3; import {now} instead",
+                      DeprecationWarning, stacklevel=2)
         if spec.loader_state is None:                        # a split module: the names of its parts
             module = types.ModuleType(spec.name, _split_doc(spec.name))
             for part in SPLIT[spec.name[len(PACKAGE) + 1:]]:

@@ -17,7 +17,7 @@ Settings, each built as while training the last of 10 tasks:
 
 Precisions: ``fp32`` (fp32 weights and maths, TF32 off for matmuls and cuDNN, so
 it is real fp32), ``bf16`` (``torch.autocast(dtype=torch.bfloat16)`` around the
-forward and the loss only; weights, gradients and optimiser state stay fp32,
+forward and the loss only; weights, gradients and optimizer state stay fp32,
 backward runs outside autocast) and, on request, ``tf32`` (fp32 with TF32
 matmuls and cuDNN allowed). They are the strategies' ``precision`` argument
 (:data:`STRATEGY_PRECISION`): ``l2p``, ``dualprompt`` and ``coda`` are built as

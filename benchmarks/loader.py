@@ -1,6 +1,6 @@
 """Images per second of the Split ImageNet-R training loader alone, with 0, 1, 2, ... worker processes.
 
-Why: on a GPU the step trains thousands of 224 px images per second (README, "On
+Why: on a GPU the step trains thousands of 224 px images per second (docs/speed.md, "On
 one GPU"), while each ImageNet-R image is a JPEG to decode, crop and resize on the
 CPU. This script measures what the loader alone delivers, with no dataset and no
 download: it writes (once) a fake ``imagenet-r/<wnid>/*.jpg`` tree of random
@@ -272,7 +272,8 @@ def main(argv=None) -> Dict:
     try:
         tree = write_fake_imagenet_r(root, args.classes, args.per_class, min_size=args.min_size,
                                      max_size=args.max_size, jobs=args.jobs, progress=not args.no_progress)
-        stream = split_imagenet_r(root, n_experiences=args.experiences, seed=0, img_size=args.img_size)
+        stream = split_imagenet_r(root, n_experiences=args.experiences, seed=0, img_size=args.img_size,
+                                  subset=args.classes < 200)                 # --classes N writes N folders
         dataset = stream.benchmark.train_stream[0].dataset
         workers = list(dict.fromkeys(args.workers))
         results = measure(dataset, workers, args.batch, args.rounds, device, progress=not args.no_progress)

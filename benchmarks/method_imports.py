@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 from typing import List, Optional, Sequence
 
 HELP = "import MODULE first (repeatable): a module that registers methods of its own"
@@ -17,6 +19,8 @@ def import_method_modules(argv: Optional[Sequence[str]] = None) -> List[str]:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--import", dest="imports", action="append", default=[])
     modules = pre.parse_known_args(argv)[0].imports
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())         # a console script does not look in the current folder by itself
     for name in modules:
         try:
             importlib.import_module(name)

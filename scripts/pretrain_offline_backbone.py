@@ -3,9 +3,9 @@
 
 Writes (by default into the package, next to the code that loads them):
 
-* ``avalanche_convprompt/assets/vit_tiny_synthshapes.pt``: fp16 state dict of
+* ``avalanche_convprompt/data/assets/vit_tiny_synthshapes.pt``: fp16 state dict of
   the backbone without any head, loadable with ``torch.load(..., weights_only=True)``;
-* ``avalanche_convprompt/assets/vit_tiny_synthshapes.json``: how it was made
+* ``avalanche_convprompt/data/assets/vit_tiny_synthshapes.json``: how it was made
   (architecture, classes, recipe, seed, command, versions, wall time) and how
   well it does (pretraining accuracy; linear-probe and nearest-class-mean
   accuracy of frozen features on the STREAM classes, pretrained vs random init).

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from avalanche.benchmarks import nc_benchmark
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 from avalanche.core import SupervisedPlugin
@@ -59,13 +60,16 @@ def test_a_label_outside_the_experiences_classes():
         strategy.train(bm.train_stream[0])
 
 
-def test_an_experience_that_repeats_learned_classes_changes_nothing():
-    bm = benchmark()
+def test_an_experience_whose_ids_restart_under_a_new_task_label_changes_nothing():
+    """Repeated ids under a task label not seen before (ids restarting per task) are refused before any growth."""
+    train, test = blob_datasets([0, 1, 2, 3], train_per_class=8, test_per_class=4)
+    bm = nc_benchmark(train, test, n_experiences=2, task_labels=True, class_ids_from_zero_in_each_exp=True,
+                      shuffle=False)
     strategy = ConvPrompt(backbone=tiny_vit(), **TINY)
     strategy.train(bm.train_stream[0])
     before = {k: v.clone() for k, v in strategy.model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"experience 0: classes \[0, 1\] were already learned"):
-        strategy.train(bm.train_stream[0])
+    with pytest.raises(ValueError, match=r"experience 1: classes \[0, 1\] were already learned .* task label\(s\) \[1\]"):
+        strategy.train(bm.train_stream[1])
     after = strategy.model.state_dict()
     assert before.keys() == after.keys()                  # no generators or head were added on the way
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -109,9 +113,9 @@ def test_a_backbone_that_is_not_a_vit():
 
 def test_a_loss_that_becomes_nan_stops_with_where_and_keeps_the_checkpoint(tmp_path):
     class PoisonSecondExperience(SupervisedPlugin):
-        def before_forward(self, strategy, **kwargs):
+        def after_forward(self, strategy, **kwargs):      # finite images, NaN logits (NaN images: test_bad_input_more)
             if strategy.experience.current_experience == 1 and strategy.clock.train_epoch_iterations == 1:
-                strategy.mbatch[0] = torch.full_like(strategy.mb_x, float("nan"))
+                strategy.mb_output = torch.full_like(strategy.mb_output, float("nan"))
 
     bm = benchmark()
     strategy = ConvPrompt(backbone=tiny_vit(), plugins=[PoisonSecondExperience()],

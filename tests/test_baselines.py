@@ -34,17 +34,44 @@ def two_experiences():
 def test_split_heads_puts_token_l_of_head_h_where_attention_reads_it():
     B, L, H, Dh = 2, 3, 4, 5
     # value encodes (batch, side, token, head, channel) so any mix-up shows
-    b, s, l, h, d = torch.meshgrid(*(torch.arange(n) for n in (B, 2, L, H, Dh)), indexing="ij")
-    code = (b * 10000 + s * 1000 + l * 100 + h * 10 + d).float()
+    b, s, t, h, d = torch.meshgrid(*(torch.arange(n) for n in (B, 2, L, H, Dh)), indexing="ij")
+    code = (b * 10000 + s * 1000 + t * 100 + h * 10 + d).float()
     prompt = code.reshape(B, 2, L, H * Dh)                 # width = heads x channels, as the backbone splits it
     keys, values = split_heads(prompt, H)
     assert keys.shape == values.shape == (B, H, L, Dh)
     for bb, hh, ll, dd in [(0, 0, 0, 0), (1, 3, 2, 4), (0, 2, 1, 3), (1, 1, 0, 2)]:
         assert keys[bb, hh, ll, dd] == bb * 10000 + ll * 100 + hh * 10 + dd
         assert values[bb, hh, ll, dd] == bb * 10000 + 1000 + ll * 100 + hh * 10 + dd
-    # the reshape-without-permute bug of some DualPrompt ports gives a different tensor
-    buggy = prompt[:, 0].reshape(B, H, L, Dh)
-    assert not torch.equal(buggy, keys)
+
+
+def test_dualprompt_pool_avoids_the_ports_prefix_reshape_without_permute():
+    """JH-LEE-KR/dualprompt-pytorch, prompt.py: the selected E-prompts ``prompt[:, :, idx]`` have shape
+    (layers, dual, batch, top_k, length, heads, head_dim) and are reshaped to (layers, batch, dual, ...) with no
+    permute. So sample ``b`` of the first half of a batch receives the K halves of samples ``2b`` and ``2b + 1``,
+    as its key and its value, and the second half the V halves. Our pool gives every sample its own K and V."""
+    torch.manual_seed(0)
+    B, L, H, C = 4, 3, 4, 64
+    pool = DualPromptPool(C, H, g_layers=(), e_layers=(1,), e_length=L)
+    for _ in range(4):
+        pool.grow()
+    choice = torch.tensor([2, 0, 3, 1])                                   # one E-prompt per sample
+    with torch.no_grad():
+        keys = torch.stack(list(pool.e_keys))
+    plan = pool.prompter(keys[choice])                                    # each sample's query = its key
+    assert plan.selected.squeeze(1).tolist() == choice.tolist()
+    ours_k, ours_v = plan(1, None)                                        # (B, H, L, Dh) each
+    e = torch.stack(list(pool.e_prompts)).detach()                       # (T, layers, 2, L, C)
+    port_pool = e.permute(1, 2, 0, 3, 4).reshape(1, 2, 4, L, H, C // H)  # the port's (layers, dual, pool, L, H, Dh)
+    raw = port_pool[:, :, choice.unsqueeze(1)]                            # (layers, dual, B, top_k=1, L, H, Dh)
+    buggy = raw.reshape(1, B, 2, L, H, C // H)[0]                         # no permute: (B, dual, L, H, Dh)
+    own_k, own_v = raw[0, 0, :, 0].transpose(1, 2), raw[0, 1, :, 0].transpose(1, 2)     # (B, H, L, Dh)
+    assert torch.equal(ours_k, own_k) and torch.equal(ours_v, own_v)
+    for b in range(B // 2):                       # first half: K halves of samples 2b and 2b+1, as key and value
+        assert torch.equal(buggy[b, 0].transpose(0, 1), own_k[2 * b])
+        assert torch.equal(buggy[b, 1].transpose(0, 1), own_k[2 * b + 1])
+    for b in range(B // 2, B):                    # second half: V halves
+        assert torch.equal(buggy[b, 0].transpose(0, 1), own_v[2 * b - B])
+        assert torch.equal(buggy[b, 1].transpose(0, 1), own_v[2 * b - B + 1])
 
 
 def test_prefix_prompt_layout_matches_timms_head_split():

@@ -36,7 +36,7 @@ def test_parameter_table_counts_match_the_closed_forms():
 
 def test_runner_writes_one_record_per_run_and_the_report(tmp_path, capsys):
     out = tmp_path / "bench"
-    paths = run.main(["--strategy", "dualprompt", "joint", "--seeds", "0", "1", "--experiences", "2",
+    paths = run.main(["--strategy", "joint", "dualprompt", "--seeds", "0", "1", "--experiences", "2",
                       "--epochs", "1", "--train-per-class", "8", "--test-per-class", "4", "--output", str(out),
                       "--no-progress"])
     assert " images/s (" not in capsys.readouterr().out                 # no per-epoch lines with --no-progress
@@ -50,7 +50,11 @@ def test_runner_writes_one_record_per_run_and_the_report(tmp_path, capsys):
     joint = json.loads((out / "runs" / "joint_seed0.json").read_text())
     assert joint["average_forgetting"] is None and len(joint["accuracy_matrix"]) == 1
     table = (out / "results.md").read_text()
-    assert "| DualPrompt | 0, 1 |" in table and "Joint training" in table
+    assert "| DualPrompt | 0, 1 (permuted) |" in table and "Joint training" in table
+    # rows in the order of --strategy (the registry would put DualPrompt first)
+    assert table.index("| Joint training") < table.index("| DualPrompt |")
+    csv_rows = (out / "results.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in csv_rows] == ["joint", "dualprompt"]
     for key in ("accuracy_curves", "accuracy_matrices"):
         assert open(paths[key], "rb").read(4) == b"\x89PNG"
 
@@ -84,7 +88,7 @@ def test_runner_replay_gives_continual_methods_avalanches_plugin_records_it_and_
                                        "storage_policy": "ExperienceBalancedBuffer", "batch_size_mem": 32}
     assert json.loads((out / "runs" / "joint_seed0.json").read_text())["config"]["replay"] is None
     table = (out / "results.md").read_text()
-    assert "| L2P + replay 8 | 0 |" in table and "| Joint training (upper bound) | 0 |" in table
+    assert "| L2P + replay 8 | 0 (permuted) |" in table and "| Joint training (upper bound) | 0 (permuted) |" in table
     # as if killed during l2p's second experience: --resume runs it again from the start, to the same numbers
     (out / "runs" / "l2p_seed0.json").unlink()
     (out / "checkpoints" / "l2p_seed0" / "exp002.pt").unlink()
@@ -127,7 +131,7 @@ def test_runner_task_incremental_labels_each_experience_and_scores_each_sample_b
                 total += len(y)
         by_hand.append(100 * correct / total)
     assert record["accuracy_matrix"][-1] == pytest.approx(by_hand)
-    assert "| ConvPrompt (task-incremental) | 0 |" in (out / "results.md").read_text()
+    assert "| ConvPrompt (task-incremental) | 0 (permuted) |" in (out / "results.md").read_text()
 
 
 def test_runner_needs_a_data_root_for_real_benchmarks(capsys):
@@ -145,12 +149,12 @@ def test_runner_reads_a_real_benchmark_folder(tmp_path):
     out = tmp_path / "bench"
     run.main(["--benchmark", "split_imagenet_r", "--data-root", root, "--backbone", "offline",
               "--strategy", "convprompt", "l2p", "--seeds", "0", "--experiences", "2", "--epochs", "1",
-              "--batch", "8", "--output", str(out), "--no-progress"])
+              "--batch", "8", "--imagenet-r-subset", "--output", str(out), "--no-progress"])
     record = json.loads((out / "runs" / "convprompt_seed0.json").read_text())
     assert record["benchmark"] == "split_imagenet_r"
     assert sorted(c for exp in record["config"]["classes_per_experience"] for c in exp) == [0, 1, 2, 3]
     assert record["allocation"][0]["generators"] == 5 and "similarity" in record["allocation"][1]
-    assert "| L2P | 0 |" in (out / "results.md").read_text()
+    assert "| L2P | 0 (permuted) |" in (out / "results.md").read_text()
     assert "61.57 / 9.73" in (out / "results.md").read_text()           # published numbers beside the run
 
 
@@ -173,5 +177,5 @@ def test_runner_under_torchrun_trains_with_two_processes_and_rank0_writes(tmp_pa
     record = json.loads((out / "runs" / "convprompt_seed0.json").read_text())
     assert record["config"]["processes"] == 2 and record["config"]["per_process_batch"] == 4
     assert len(record["accuracy_matrix"]) == 2 and record["allocation"][0]["generators"] == 5
-    assert done.stdout.count("| ConvPrompt | 0 |") == 1                  # the report is printed once, by rank 0
+    assert done.stdout.count("| ConvPrompt | 0 (permuted) |") == 1                  # the report is printed once, by rank 0
     assert not (out / "checkpoints" / "convprompt_seed0").exists()

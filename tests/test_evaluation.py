@@ -46,7 +46,7 @@ def test_run_summary_from_a_real_avalanche_run(tmp_path):
     m = summary.accuracy_matrix
     assert len(m) == 3 and all(len(row) == 3 for row in m)
     assert all(m[t][i] == 0.0 for t in range(3) for i in range(t + 1, 3))     # never tested before training
-    assert summary.average_accuracy == pytest.approx(sum(m[2]) / 3)
+    assert summary.average_accuracy == pytest.approx(sum(m[2]) / 3, abs=1e-3)      # the matrix holds 4 decimals
     history = strategy.evaluator.get_all_metrics()
     for i in range(3):      # experience i was tested after training experiences i, ..., 2: column i from row i down
         tested = history[f"Top1_Acc_Exp/eval_phase/test_stream/Exp{i:03d}"][1]

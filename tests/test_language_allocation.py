@@ -154,15 +154,36 @@ def test_pool_size_is_the_sum_of_allocations_and_counted_in_parameters(encoder):
     assert parts["generators"] + parts["keys"] == sum(allocated) * per_generator
 
 
-def test_language_allocation_refuses_class_ids_that_restart():
-    class Unused:
-        def encode(self, *args, **kwargs):
-            raise AssertionError("no text should be encoded")
+class Letters:
+    """A deterministic stand-in for the sentence encoder: each text's first 12 character codes."""
 
-    policy = LanguageModelAllocation({0: ["a red apple"], 1: ["a bicycle"]}, encoder=SentenceEncoder(Unused()))
+    def encode(self, texts, **kwargs):
+        return torch.stack([torch.tensor([float(ord(c)) for c in t.ljust(12)[:12]]) for t in texts])
+
+
+def test_language_allocation_gives_no_generator_to_classes_seen_before():
+    """Seen classes only (a domain-incremental experience): sim is exactly 1, so 0; a new class: at least 1."""
+    policy = LanguageModelAllocation({0: ["a red apple"], 1: ["a bicycle"], 2: ["a red apple", "wheels"]},
+                                     encoder=SentenceEncoder(Letters()))
+    assert policy.allocate(1, [0, 1], [0, 1]).generators == 0
+    assert policy.allocate(1, [0], [0, 1]).info["similarity"] < 1        # a subset: the earlier bicycle is missing
+    assert policy.allocate(1, [0], [0, 1]).generators >= 1
+    assert policy.allocate(1, [1, 2], [0, 1]).generators >= 1             # brings class 2
+
+
+def test_language_allocation_refuses_class_ids_that_restart_in_task_incremental_mode():
+    from avalanche.benchmarks import nc_benchmark
+    train, test = blob_datasets([0, 1, 2, 3], train_per_class=4, test_per_class=2)
+    bm = nc_benchmark(train, test, n_experiences=2, task_labels=True, class_ids_from_zero_in_each_exp=True,
+                      shuffle=False)
+    policy = LanguageModelAllocation({0: ["a red apple"], 1: ["a bicycle"]}, encoder=SentenceEncoder(Letters()))
+    strategy = ConvPrompt(backbone=tiny_vit(), prompt_layers=(0,), prompt_length=2, kernel_size=3, allocation=policy,
+                          task_incremental=True, train_mb_size=8, train_epochs=1, device="cpu", evaluator=None)
+    strategy.train(bm.train_stream[0])
     with pytest.raises(ValueError) as err:
-        policy.allocate(1, [0, 1], [0, 1])
+        strategy.train(bm.train_stream[1])
     assert str(err.value) == (
         "experience 1: class ids [0, 1] also belong to earlier experiences; this policy looks descriptors up by class "
         "id, so it needs ids that name one class each (not ids restarting at 0 in every experience): use "
         "FixedAllocation, or give every class its own id")
+    assert strategy.prompt_pool.generators_per_task == [5]

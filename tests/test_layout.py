@@ -85,6 +85,17 @@ def test_every_0_1_import_path_still_works(module):
         assert mod.__name__ == new and mod.__spec__.name == new      # the alias did not rename the real module
 
 
+@pytest.mark.parametrize("old, new", [("streams", "avalanche_convprompt.data.streams"),
+                                      ("checkpoint", "avalanche_convprompt.runs.checkpoint and "
+                                                     "avalanche_convprompt.plugins.checkpointing")])
+def test_a_0_1_path_warns_that_it_goes_and_names_the_new_one(old, new, monkeypatch):
+    import sys
+    monkeypatch.delitem(sys.modules, f"avalanche_convprompt.{old}", raising=False)
+    message = f"avalanche_convprompt.{old} is version 0.1's import path and will be removed in 0.3; import {new}"
+    with pytest.warns(DeprecationWarning, match="^" + re.escape(message) + " instead$"):
+        importlib.import_module(f"avalanche_convprompt.{old}")
+
+
 def test_split_modules_hold_the_same_objects_as_their_parts():
     from avalanche_convprompt.checkpoint import CheckpointPlugin, load_checkpoint as old_load
     from avalanche_convprompt.distributed import DistributedPromptPlugin, world_size
@@ -126,8 +137,9 @@ def _imports_in(path):
                 yield from ((a.name, []) for a in node.names if a.name.startswith("avalanche_convprompt"))
 
 
-DOCUMENTS = ["README.md", "docs/adding_a_method.md", *sorted(f"examples/{f}" for f in os.listdir(
-    os.path.join(ROOT, "examples")) if f.endswith(".py"))]
+DOCUMENTS = ["README.md",
+             *sorted(f"docs/{f}" for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")),
+             *sorted(f"examples/{f}" for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py"))]
 
 
 @pytest.mark.parametrize("path", DOCUMENTS)

@@ -159,7 +159,7 @@ def test_jpegs_decode_in_the_workers_and_give_the_images_and_labels_of_the_main_
 
     loader_benchmark.write_fake_imagenet_r(str(tmp_path), classes=4, per_class=5, min_size=40, max_size=64,
                                            progress=False)
-    dataset = split_imagenet_r(str(tmp_path), n_experiences=2, img_size=32).benchmark.train_stream[0].dataset.eval()
+    dataset = split_imagenet_r(str(tmp_path), n_experiences=2, img_size=32, subset=True).benchmark.train_stream[0].dataset.eval()
     opened = []
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))

@@ -1,4 +1,4 @@
-"""The user's optimiser and schedule are honoured: the rate read each step is the one that moves the parameters."""
+"""The user's optimizer and schedule are honoured: the rate read each step is the one that moves the parameters."""
 import math
 import os
 import re
@@ -25,7 +25,7 @@ class StepAudit(SupervisedPlugin):
     """Records each iteration's rates and checks the update against Adam/SGD run by hand at those rates.
 
     The reference keeps its own moments, emptied at every experience, so a
-    match also shows the optimiser's state starts empty each experience and
+    match also shows the optimizer's state starts empty each experience and
     that ``strategy.optimizer`` (whose rates are read) is the one that steps.
     """
 
@@ -173,8 +173,9 @@ def test_optimizer_factory_replaces_adam_and_keeps_the_built_in_schedule():
     strategy = build(ConvPrompt, audit, lr=0.003, optimizer_factory=lambda groups: torch.optim.SGD(groups,
                                                                                                    momentum=0.9))
     train_all(strategy)
-    total = 2 * ITERATIONS
-    cosine = [0.003 * (1 + math.cos(math.pi * k / total)) / 2 for k in range(total)]
+    # ConvPrompt's built-in schedule: cosine stepped per epoch (2 epochs: the full rate, then half of it)
+    cosine = [0.003 * (1 + math.cos(math.pi * (k // ITERATIONS) / 2)) / 2 for k in range(2 * ITERATIONS)]
+    assert cosine == pytest.approx([0.003] * ITERATIONS + [0.0015] * ITERATIONS)
     assert_rates(audit, per_group(cosine, cosine, ConvPrompt))
     assert type(strategy.optimizer) is torch.optim.SGD and audit.optimizers == [strategy.optimizer] * 2
     assert all(g["momentum"] == 0.9 for g in strategy.optimizer.param_groups)
@@ -209,12 +210,12 @@ def test_combinations_that_cannot_work_are_refused_at_construction():
         return lambda: L2P(backbone=tiny_vit(), device="cpu", evaluator=None, **TINY[L2P], **kwargs)
 
     sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
-    refused(ValueError, "pass either optimizer= (an optimiser object the strategy re-fills at every experience) or "
+    refused(ValueError, "pass either optimizer= (an optimizer object the strategy re-fills at every experience) or "
             "optimizer_factory= (called once with the parameter groups), not both",
             make(optimizer=sgd, optimizer_factory=lambda groups: torch.optim.SGD(groups)))
     refused(ValueError, "lr=0.1 differs from the optimizer's rate 0.01; pass the learning rate once (in the "
             "optimizer, or as lr= with optimizer_factory)", make(optimizer=sgd, lr=0.1))
-    refused(TypeError, "optimizer must be a torch.optim.Optimizer, got str; to choose the optimiser class, pass "
+    refused(TypeError, "optimizer must be a torch.optim.Optimizer, got str; to choose the optimizer class, pass "
             "optimizer_factory=lambda groups: ...", make(optimizer="sgd"))
     refused(TypeError, "optimizer_factory returned type, not a torch.optim.Optimizer",
             make(optimizer_factory=lambda groups: torch.optim.SGD))
@@ -226,8 +227,8 @@ def test_combinations_that_cannot_work_are_refused_at_construction():
     refused(ValueError, "an LRSchedulerPlugin and scheduler_factory would both step the learning rate; pass only "
             "one of them", make(optimizer=sgd, plugins=[LRSchedulerPlugin(StepLR(sgd, 1))],
                                 scheduler_factory=lambda opt, iterations, epochs: StepLR(opt, 1)))
-    refused(ValueError, "the LRSchedulerPlugin's scheduler is bound to an optimiser this strategy does not train; "
-            "build it on strategy.optimizer after building the strategy, or pass that optimiser to the strategy "
+    refused(ValueError, "the LRSchedulerPlugin's scheduler is bound to an optimizer this strategy does not train; "
+            "build it on strategy.optimizer after building the strategy, or pass that optimizer to the strategy "
             "as optimizer=", make(plugins=[LRSchedulerPlugin(StepLR(sgd, 1))]))
     refused(ValueError, "OneCycleLR keeps per-group settings from when it was built and cannot follow the parameter "
             "groups that change at every experience; pass scheduler_factory=lambda optimizer, iterations, epochs: "
@@ -245,15 +246,15 @@ def test_a_plugin_added_after_construction_is_checked_before_anything_grows():
     assert len(strategy.net.heads) == 0
 
 
-def test_a_scheduler_factory_must_build_on_the_optimiser_it_receives():
+def test_a_scheduler_factory_must_build_on_the_optimizer_it_receives():
     other = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
     strategy = build(L2P, StepAudit(), scheduler_factory=lambda opt, iterations, epochs: StepLR(other, 1))
-    refused(ValueError, "scheduler_factory built its scheduler on another optimiser; build it on the optimiser it "
+    refused(ValueError, "scheduler_factory built its scheduler on another optimizer; build it on the optimizer it "
             "receives (its first argument)", lambda: strategy.train(stream().train_stream[0]))
 
 
 # ----------------------------------------------------------- checkpoints
-def test_resuming_with_a_user_optimiser_and_lr_scheduler_plugin_gives_the_uninterrupted_run(tmp_path):
+def test_resuming_with_a_user_optimizer_and_lr_scheduler_plugin_gives_the_uninterrupted_run(tmp_path):
     bm = stream()
 
     def make():

@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence
 
 import pytest
 import torch
+from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
 from avalanche_convprompt.methods import (METHODS, Method, PromptedViTTemplate, build_prompted_classifier,
@@ -133,17 +134,22 @@ def test_parameter_table_and_speed_comparison_pick_it_up(registered):
 
 # ------------------------------------------------------------------ the runner, end to end
 def test_runner_trains_it_next_to_convprompt_and_reports_both(tmp_path):
-    """``--import`` a module that registers the method; run both on the offline stream; read the report."""
+    """``--import`` a module that registers the method; run both on the offline stream; read the report.
+
+    Run as a user outside the checkout would: the installed ``convprompt-run`` command, from a folder
+    holding the module (found there, with no PYTHONPATH to it), writing under that folder's ``results/``.
+    """
     (tmp_path / "my_methods.py").write_text(
         "from avalanche_convprompt.methods import register_method\n"
         "from test_outside_method import SHARED_PREFIX\n"
         "register_method(SHARED_PREFIX)\n")
-    out = tmp_path / "results"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), HERE, ROOT]), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "benchmarks.run", "--import", "my_methods", "--methods", "convprompt",
-           "shared_prefix", "--seeds", "0", "--experiences", "2", "--epochs", "2", "--train-per-class", "24",
-           "--test-per-class", "10", "--allocation", "fixed", "--no-progress", "--output", str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = tmp_path / "results" / "benchmark_synthetic"             # the default output, under the current folder
+    env = dict(os.environ, PYTHONPATH=HERE, HF_HUB_OFFLINE="1")      # HERE: for `from test_outside_method import`
+    command = os.path.join(os.path.dirname(sys.executable), "convprompt-run")
+    cmd = [command, "--import", "my_methods", "--methods", "shared_prefix", "convprompt",
+           "--seeds", "0", "--experiences", "2", "--epochs", "2", "--train-per-class", "24",
+           "--test-per-class", "10", "--allocation", "fixed", "--no-progress"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = {m: json.loads((out / "runs" / f"{m}_seed0.json").read_text()) for m in ("convprompt", "shared_prefix")}
     prefix = records["shared_prefix"]
@@ -154,7 +160,7 @@ def test_runner_trains_it_next_to_convprompt_and_reports_both(tmp_path):
     assert len(prefix["accuracy_matrix"]) == 2 and len(records["convprompt"]["accuracy_matrix"]) == 2
     table = (out / "results.md").read_text()
     assert "| Shared prefix |" in table and "| ConvPrompt |" in table
-    assert table.index("| ConvPrompt |") < table.index("| Shared prefix |")      # built-ins first, then the new one
+    assert table.index("| Shared prefix |") < table.index("| ConvPrompt |")      # the order of --methods
     assert "shared_prefix" in (out / "results.csv").read_text()
 
 
@@ -167,3 +173,119 @@ def test_runner_refuses_an_unregistered_method_and_a_missing_module(tmp_path):
     done = subprocess.run(base + ["--import", "no_such_module_here"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode != 0 and "--import no_such_module_here: No module named 'no_such_module_here'" in done.stderr
+
+
+# ------------------------------------------------------------------ no silent no-ops
+class Forgetful(SharedPrefix):
+    """The shared prefix with its ``prompt_layers`` lost: the backbone would run unprompted."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        del self.prompt_layers
+        self.layers = (0, 1)
+
+
+def test_a_module_without_prompt_layers_or_with_none_is_refused_at_build():
+    with pytest.raises(AttributeError, match=r"^Forgetful has no prompt_layers: declare the blocks it "
+                                             r"prefix-prompts as a tuple of block indices, or prompt_layers = \(\)"):
+        build_prompted_classifier(tiny_vit(), False, lambda vit: Forgetful((0, 1), vit.num_heads, vit.head_dim))
+    with pytest.raises(ValueError, match=r"^SharedPrefix\.prompt_layers is empty and the module is one-pass"):
+        build_prompted_classifier(tiny_vit(), False, lambda vit: SharedPrefix((), vit.num_heads, vit.head_dim))
+    # the declared layers become the backbone's: the prompts really change the features
+    net = build_prompted_classifier(tiny_vit(), False, lambda vit: SharedPrefix((0, 1), vit.num_heads, vit.head_dim))
+    assert net.backbone.prompt_layers == (0, 1)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(net.backbone(x, net.prompt_module.prompter()), net.backbone(x))
+
+
+class TwoPassPlan(nn.Module):
+    """A query-based module whose plan prefixes blocks ``planned``, declaring ``declared``."""
+
+    needs_query = True
+    ready = True
+
+    def __init__(self, declared, planned, num_heads, embed_dim, prepend=False):
+        super().__init__()
+        self.prompt_layers, self.planned, self.num_heads, self.prepend = tuple(declared), planned, num_heads, prepend
+        self.prefix = nn.Parameter(0.02 * torch.randn(2, 4, embed_dim))
+
+    def prompter(self, query: Tensor, task=None):
+        from avalanche_convprompt.models.prompt_plan import PromptPlan
+        batch = query.shape[0]
+        prefixes = {b: self.prefix.expand(batch, -1, -1, -1) for b in self.planned}
+        prepend = self.prefix[0].expand(batch, -1, -1) if self.prepend else None
+        return PromptPlan(num_heads=self.num_heads, prefixes=prefixes, prepend=prepend)
+
+
+@pytest.mark.parametrize("declared, planned, prepend, message", [
+    ((0,), (0, 2), False, r"^TwoPassPlan's PromptPlan has prefixes for blocks \[2\], which are not among the "
+                          r"backbone's prompted layers \[0\]: list every block it prompts in "
+                          r"TwoPassPlan\.prompt_layers$"),
+    ((), (), False, r"^TwoPassPlan's PromptPlan carries neither prefixes nor prepended tokens: its prompts would "
+                    r"change nothing$"),
+    ((0, 1), (0, 1), False, None),
+    ((), (), True, None),
+])
+def test_a_plan_outside_the_prompted_layers_is_refused_at_the_first_forward(declared, planned, prepend, message):
+    net = build_prompted_classifier(tiny_vit(), False,
+                                    lambda vit: TwoPassPlan(declared, planned, vit.num_heads, vit.embed_dim, prepend))
+    x = torch.rand(2, 3, 32, 32)
+    if message is None:                              # declared as planned: it runs and the prompts count
+        net.eval()
+        with torch.no_grad():
+            prompted = net.backbone(x, **_plan_inputs(net, x))
+            assert not torch.allclose(prompted, net.backbone(x))
+        return
+    with pytest.raises(ValueError, match=message):
+        net(x)
+
+
+def _plan_inputs(net, x):
+    plan = net.prompt_module.prompter(net.query(x))
+    net.check_plan(plan)
+    return {"prompter": plan if plan.prefixes else None, "prepend": plan.prepend}
+
+
+# ------------------------------------------------------------------ the two-pass example, trained and resumed
+def _two_pass_run(tmp_path, resume=False, plugins=()):
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from conftest import blob_datasets
+    from two_pass_method import TaskPrefixStrategy
+    from avalanche_convprompt.evaluation import default_cl_evaluator
+    from avalanche_convprompt.runs import run_stream
+    train, test = blob_datasets([0, 1, 2, 3], train_per_class=24, test_per_class=10, seed=0)
+    bm = class_incremental_benchmark({"train": train, "test": test}, num_experiences=2, class_order=[0, 1, 2, 3])
+    torch.manual_seed(0)
+    strategy = TaskPrefixStrategy(backbone=tiny_vit(0), pretrained=False, prompt_layers=(0, 1, 2), lr=0.05,
+                                  train_mb_size=8, train_epochs=3, device="cpu", plugins=list(plugins),
+                                  evaluator=default_cl_evaluator(loggers=[]))
+    summary = run_stream(strategy, bm, progress=False, checkpoint_dir=str(tmp_path), resume=resume)
+    return strategy, summary, bm
+
+
+def test_the_two_pass_example_trains_its_prompts_and_resumes_without_a_load_hook(tmp_path):
+    # measured: accuracy matrix [[80, 0], [90, 40]], 65% on 4 classes (chance 25%)
+    seen = {}
+
+    class Watch(SupervisedPlugin):
+        def before_training_exp(self, strategy, **kwargs):
+            seen[strategy.clock.train_exp_counter] = [p.detach().clone() for p in strategy.net.prompt_module.prefixes]
+
+    strategy, full, bm = _two_pass_run(tmp_path, plugins=[Watch()])
+    net = strategy.net.eval()
+    assert len(net.prompt_module.prefixes) == 2 and full.average_accuracy > 25 + 20
+    # the second experience trained its own prefix and left the first one as it was
+    first, second = net.prompt_module.prefixes
+    assert torch.equal(first, seen[1][0]) and not torch.equal(second, seen[1][1])
+    assert not torch.equal(first, seen[0][0])                      # ... which the first experience had trained
+    # the prompts reach the logits: the same heads on the unprompted features score differently
+    x = torch.stack([bm.test_stream[1].dataset[i][0] for i in range(len(bm.test_stream[1].dataset))])
+    with torch.no_grad():
+        assert (net(x) - net.heads(net.backbone(x))).abs().max() > 1e-3
+    # resume after the first experience: the template grows the module before loading (no hook in the module)
+    os.remove(tmp_path / "exp002.pt")
+    resumed, again, _ = _two_pass_run(tmp_path, resume=True)
+    assert again.accuracy_matrix == full.accuracy_matrix
+    for (name, a), b in zip(strategy.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -52,8 +52,12 @@ def bf16_bound(stages: int) -> float:
 
 
 def fp8(t: torch.Tensor) -> torch.Tensor:
-    """A wrong cast: 4 significant bits instead of 8 (the control the bound must reject)."""
-    return t.to(torch.float8_e4m3fn).float()
+    """A wrong cast: 3 significant bits instead of 8 (the control the bound must reject).
+
+    float8_e5m2 rather than e4m3: one rounding to 4 bits (relative rms about 2**-4 / sqrt(12) * 1.4)
+    lands right at the bound of a 38-stage-deep tensor, so it could not tell a wrong cast from a right one.
+    """
+    return t.to(torch.float8_e5m2).float()
 
 
 def one_experience(n: int, classes: int):
@@ -199,8 +203,9 @@ class ForceOverflow(SupervisedPlugin):
 
 def test_fp16_overflow_skips_the_step_lowers_the_scale_and_the_next_step_updates():
     overflow = ForceOverflow()
-    strategy = tiny_convprompt("16", train_mb_size=8, plugins=[overflow])
-    with warnings.catch_warnings():     # nor torch's warning about a scheduler step without an optimiser step
+    # the per-iteration cosine: with one epoch the default (per-epoch) schedule would never move the rate
+    strategy = tiny_convprompt("16", train_mb_size=8, plugins=[overflow], lr_schedule="cosine")
+    with warnings.catch_warnings():     # nor torch's warning about a scheduler step without an optimizer step
         warnings.filterwarnings("error", message="Detected call of")
         strategy.train(one_experience(24, 4))
     first, second, third = overflow.records
@@ -217,8 +222,8 @@ def test_fp16_overflow_skips_the_step_lowers_the_scale_and_the_next_step_updates
 @pytest.mark.parametrize("precision", ["bf16", "16"])
 def test_a_nan_loss_still_stops_training_in_mixed_precision(precision):
     class Poison(SupervisedPlugin):
-        def before_forward(self, strategy, **kwargs):
-            strategy.mbatch[0] = torch.full_like(strategy.mb_x, float("nan"))
+        def after_forward(self, strategy, **kwargs):        # finite images, NaN logits (NaN images: their own error)
+            strategy.mb_output = strategy.mb_output * float("nan")
 
     strategy = tiny_convprompt(precision, train_mb_size=4, plugins=[Poison()])
     with pytest.raises(FloatingPointError, match=r"loss became nan in experience 0, epoch 0, iteration 0"):
@@ -256,12 +261,17 @@ def test_runner_and_quickstart_take_precision_and_their_records_hold_it(tmp_path
               "--no-progress", *small])
     record = json.loads((out / "runs" / "convprompt_seed0.json").read_text())
     assert record["config"]["precision"] == record["config"]["recipe"]["precision"] == "bf16"
-    assert "| ConvPrompt (bf16) | 0 |" in (out / "results.md").read_text()
-    # an fp32 seed beside it: the report refuses to average the two precisions
-    with pytest.raises(ValueError, match=r"runs of 'convprompt' mix precisions 'bf16' and '32'; report them from "
-                                         r"separate folders"):
+    assert "| ConvPrompt (bf16) | 0 (permuted) |" in (out / "results.md").read_text()
+    # an fp32 seed beside it: --resume refuses the finished bf16 seed under other settings before any training,
+    # and even when told to go on, the report refuses to average the two precisions
+    with pytest.raises(ValueError, match=r"convprompt seed 0 finished under other settings than this command's: "
+                                         r"precision 'bf16' -> '32' \(record -> now\)"):
         run.main(["--strategy", "convprompt", "--seeds", "0", "1", "--resume", "--output", str(out),
                   "--no-progress", *small])
+    with pytest.raises(ValueError, match=r"runs of 'convprompt' mix precisions 'bf16' and '32'; report them from "
+                                         r"separate folders"):
+        run.main(["--strategy", "convprompt", "--seeds", "0", "1", "--resume", "--allow-changed-settings",
+                  "--output", str(out), "--no-progress", *small])
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "quickstart.py")
     spec = importlib.util.spec_from_file_location("quickstart", path)

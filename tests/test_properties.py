@@ -73,9 +73,9 @@ def test_head_split_is_a_permutation_that_keeps_every_token_whole(B, L, H, Dh):
     keys, values = split_heads(prompt, H)
     for b in range(B):
         for side, out in ((0, keys), (1, values)):
-            for l in range(L):
-                # token l of head h is the h-th slice of width Dh of prompt token l
-                assert torch.equal(torch.cat([out[b, h, l] for h in range(H)]), prompt[b, side, l])
+            for tok in range(L):
+                # token tok of head h is the h-th slice of width Dh of prompt token tok
+                assert torch.equal(torch.cat([out[b, h, tok] for h in range(H)]), prompt[b, side, tok])
 
 
 @SETTINGS

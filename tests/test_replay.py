@@ -273,12 +273,15 @@ def first_and_second_after_two(seed, mem_size):
 
 
 def test_replay_removes_forgetting_of_the_first_experience_and_still_learns_the_second():
-    # measured on this machine, seeds 0, 1, 2: experience 0 after experience 1 without replay
-    # 2.5 / 47.5 / 0.0 %, with a 16-sample buffer 50.0 / 97.5 / 97.5 %; experience 1 with replay 80-100 %
+    # measured on this machine (trunc_normal heads, per-epoch cosine), seeds 0, 1, 2: experience 0 after
+    # experience 1 without replay 67.5 / 42.5 / 100.0 %, with a 16-sample buffer 100.0 / 97.5 / 100.0 %;
+    # experience 1 with replay 97.5-100 %
     without = [first_and_second_after_two(seed, 0) for seed in range(3)]
     with_replay = [first_and_second_after_two(seed, 16) for seed in range(3)]
     for (old_without, _), (old_with, _) in zip(without, with_replay):
         assert old_with >= old_without
+    assert sum(old for old, _ in without) / 3 < 0.8          # there is forgetting to remove ...
+    assert min(old for old, _ in with_replay) >= 0.9         # ... and replay removes it on every seed
     gain = sum(w[0] - o[0] for w, o in zip(with_replay, without)) / 3
-    assert gain > 0.3
+    assert gain > 0.2
     assert min(new for _, new in with_replay) > 0.7        # the new classes are not sacrificed

@@ -72,7 +72,7 @@ def test_aggregate_mean_and_sample_std(runs):
 def test_markdown_values_are_mean_plus_minus_std(runs):
     table = report.markdown_table(report.aggregate(runs), "split_cifar100")
     cells = table_row(table, "ConvPrompt")
-    assert cells[1] == "0, 1"
+    assert cells[1] == "0, 1 (permuted)"                              # old records: the permuted order
     assert cells[2] == "69.00 ± 1.41"
     assert cells[3] == "11.00 ± 1.41"
     assert cells[4] == "1,000"
@@ -80,7 +80,7 @@ def test_markdown_values_are_mean_plus_minus_std(runs):
     assert cells[6] == "50.0 ± 14.1"
     assert table.splitlines()[0] == ("| method | seeds | final avg. accuracy (%) | avg. forgetting (%) "
                                      "| learnable params | train time (s) | train images/s "
-                                     "| published acc. / forg. |")
+                                     "| as its reference reports: acc. / forg. | published acc. / forg. |")
     assert "mean ± sample std" in table and "A[T-1,i]" in table and "ViT-B/16" in table
 
 
@@ -89,7 +89,7 @@ def test_joint_forgetting_is_a_dash_and_one_seed_shows_no_spread(runs):
     joint = table_row(table, "Joint")
     assert joint[2] == "93.00 ± 1.41"
     assert joint[3] == "–"
-    assert joint[7] == "–"                                             # joint has no published number
+    assert joint[8] == "–"                                             # joint has no published number
     assert table_row(table, "Fine-tuning")[2] == "30.00"
 
 
@@ -132,18 +132,18 @@ def baseline_table(benchmark, selections=None):
 
 def test_published_column(runs):
     cifar = report.markdown_table(report.aggregate(runs), "split_cifar100")
-    cell = table_row(cifar, "ConvPrompt")[7]
+    cell = table_row(cifar, "ConvPrompt")[8]
     assert cell.startswith("88.87 / 4.75 [") and "Roy et al., ConvPrompt, CVPR 2024" in footnote(cifar, marker_of(cell))
     synthetic_runs = [dict(r, benchmark="synthetic") for r in runs]
     rows = report.aggregate(synthetic_runs)
     cp = row_of(rows, "convprompt")
     assert cp["published_accuracy"] is None and cp["published_source"] is None and cp["published_protocol"] is None
     synthetic = report.markdown_table(rows, "synthetic")
-    assert table_row(synthetic, "ConvPrompt")[7] == "–"
+    assert table_row(synthetic, "ConvPrompt")[8] == "–"
     assert "No published numbers" in synthetic and "not comparable" in caption(synthetic)
     assert "- [" not in synthetic                                      # no footnotes without published numbers
     cub = report.aggregate([make_run("convprompt", 0, 50.0, 5.0, label="ConvPrompt", benchmark="split_cub200")])
-    assert table_row(report.markdown_table(cub, "split_cub200"), "ConvPrompt")[7] == "80.2 / 5.6 [a]"
+    assert table_row(report.markdown_table(cub, "split_cub200"), "ConvPrompt")[8] == "80.2 / 5.6 [a]"
     coda = report.PUBLISHED["split_imagenet_r"]["coda"]
     assert (coda.accuracy, coda.forgetting) == (75.45, 1.64)
     assert "l2p" not in report.PUBLISHED["split_cub200"]
@@ -182,33 +182,36 @@ def test_published_records_name_their_own_source():
 
 def test_cifar100_footnotes_name_each_rows_paper_and_protocol():
     rows, table = baseline_table("split_cifar100")
-    l2p = footnote(table, marker_of(table_row(table, "L2P")[7]))
+    l2p = footnote(table, marker_of(table_row(table, "L2P")[8]))
     assert "Wang et al., L2P, CVPR 2022" in l2p and "own result" in l2p and "batch vote" in l2p
-    assert "IN-21k pretrained + IN-1k fine-tuned" in l2p and "Roy et al." not in l2p
-    dual = footnote(table, marker_of(table_row(table, "DualPrompt")[7]))
+    assert "IN-21k (no IN-1k fine-tuning)" in l2p and "Roy et al." not in l2p
+    assert "Definitions: mean over experiences of the final accuracies / per earlier experience, max" in l2p
+    dual = footnote(table, marker_of(table_row(table, "DualPrompt")[8]))
     assert "Wang et al., DualPrompt, ECCV 2022" in dual and "batch vote" in dual and "Roy et al." not in dual
-    coda = footnote(table, marker_of(table_row(table, "CODA-Prompt")[7]))
+    coda = footnote(table, marker_of(table_row(table, "CODA-Prompt")[8]))
     assert "as cited by ConvPrompt (Roy et al., CVPR 2024)" in coda and "not re-checked" in coda
     assert "as cited by ConvPrompt (not re-checked)" in coda
-    cp = footnote(table, marker_of(table_row(table, "ConvPrompt")[7]))
+    cp = footnote(table, marker_of(table_row(table, "ConvPrompt")[8]))
     assert "Roy et al., ConvPrompt, CVPR 2024" in cp and "own result" in cp and "per-sample" in cp
     assert "Roy et al." not in caption(table) and "do not all come from one paper" in caption(table)
     assert "10 tasks" in caption(table)
-    assert len({marker_of(table_row(table, label)[7]) for _, label, _ in BASELINES}) == 4
+    assert len({marker_of(table_row(table, label)[8]) for _, label, _ in BASELINES}) == 4
     l2p_row = row_of(rows, "l2p")
     assert l2p_row["published_source"] == "wang2022_l2p" and "batch vote" in l2p_row["published_protocol"]
     assert l2p_row["published_citation"].startswith("Wang et al., L2P, CVPR 2022")
 
 
-def test_imagenet_r_rows_with_the_same_source_and_protocol_share_a_footnote():
+def test_imagenet_r_rows_share_a_footnote_only_with_the_same_source_protocol_and_definitions():
     _, table = baseline_table("split_imagenet_r")
-    markers = {label: marker_of(table_row(table, label)[7]) for _, label, _ in BASELINES}
-    assert markers["L2P"] == markers["CODA-Prompt"]                     # both re-cited by ConvPrompt
-    assert len(set(markers.values())) == 3
+    markers = {label: marker_of(table_row(table, label)[8]) for _, label, _ in BASELINES}
+    assert markers["L2P"] != markers["CODA-Prompt"]       # both re-cited by ConvPrompt; only CODA's definitions known
+    assert len(set(markers.values())) == 4
     assert "as cited by ConvPrompt" in footnote(table, markers["L2P"])
+    assert "not known here" in footnote(table, markers["L2P"]) and "CODA-Prompt's" in footnote(table, markers["CODA-Prompt"])
     dual = footnote(table, markers["DualPrompt"])
     assert "Wang et al., DualPrompt, ECCV 2022" in dual and "per-sample" in dual and "batch vote" not in dual
-    assert sum(line.startswith("- [") for line in table.splitlines()) == 3
+    assert sum(line.startswith("- [") for line in table.splitlines()) == 4
+    assert table_row(table, "L2P")[7] == "75.00 / 15.00 (tm, rm)"     # its matrix under its port's definitions
     assert "protocols differ" not in table                             # per-sample measured and published
 
 
@@ -217,7 +220,7 @@ def test_per_sample_runs_against_a_batch_vote_number_are_flagged():
     notes = [line for line in table.splitlines() if "protocols differ" in line]
     assert len(notes) == 2
     l2p = next(line for line in notes if line.startswith("- L2P:"))
-    marker = marker_of(table_row(table, "L2P")[7])
+    marker = marker_of(table_row(table, "L2P")[8])
     assert f"published [{marker}] with batch vote" in l2p and "measured with per-sample" in l2p
     assert any(line.startswith("- DualPrompt:") for line in notes)
     _, voted = baseline_table("split_cifar100", {"l2p": "batch_vote", "dualprompt": "batch_vote"})
@@ -244,7 +247,7 @@ def test_old_records_without_recipe_or_protocol_still_report(tmp_path):
     assert "- L2P: measured with per-sample" in table and "- DualPrompt: measured with per-sample" in table
     assert "ConvPrompt: measured" not in table
     paths = report.write_report(old, str(tmp_path / "out"))
-    assert "| L2P | 0 |" in read(paths["markdown"], "r")
+    assert "| L2P | 0 (permuted) |" in read(paths["markdown"], "r")
 
 
 def test_offline_protocol_on_a_real_benchmark_is_not_comparable():
@@ -252,7 +255,7 @@ def test_offline_protocol_on_a_real_benchmark_is_not_comparable():
             make_run("coda", 0, 45.0, 3.0, label="CODA-Prompt", benchmark="split_imagenet_r",
                      config=shared(protocol="shared"))]
     table = report.markdown_table(report.aggregate(runs), "split_imagenet_r")
-    assert table_row(table, "L2P")[7].startswith("61.57 / 9.73 [")
+    assert table_row(table, "L2P")[8].startswith("61.57 / 9.73 [")
     assert "offline protocol (shipped small backbone): L2P; not comparable" in caption(table)
 
 
@@ -299,8 +302,8 @@ def test_replay_rows_are_labelled_have_no_published_number_and_never_mix_with_ru
     assert [r["label"] for r in rows] == ["ConvPrompt + replay 200", "Joint"]
     assert row_of(rows, "convprompt")["published_accuracy"] is None       # published numbers are rehearsal-free
     table = report.markdown_table(rows, "split_cifar100")
-    assert table_row(table, "ConvPrompt + replay 200")[:3] == ["ConvPrompt + replay 200", "0, 1", "75.50 ± 0.71"]
-    assert table_row(table, "ConvPrompt + replay 200")[7] == "–"
+    assert table_row(table, "ConvPrompt + replay 200")[:3] == ["ConvPrompt + replay 200", "0, 1 (permuted)", "75.50 ± 0.71"]
+    assert table_row(table, "ConvPrompt + replay 200")[8] == "–"
     assert "ConvPrompt + replay 200" in report.csv_table(rows)
     plain = row_of(report.aggregate(runs), "convprompt")
     assert plain["label"] == "ConvPrompt" and plain["published_accuracy"] == 88.87
@@ -319,7 +322,7 @@ def test_task_incremental_rows_are_labelled_have_no_published_number_and_never_m
     assert [r["label"] for r in rows] == ["ConvPrompt (task-incremental)"]
     assert rows[0]["published_accuracy"] is None                  # the published numbers are class-incremental
     assert table_row(report.markdown_table(rows, "split_cifar100"), "ConvPrompt (task-incremental)")[:3] == \
-        ["ConvPrompt (task-incremental)", "0, 1", "97.50 ± 0.71"]
+        ["ConvPrompt (task-incremental)", "0, 1 (permuted)", "97.50 ± 0.71"]
     with pytest.raises(ValueError, match=r"runs of 'convprompt' mix class-incremental and task-incremental "
                                          r"evaluation; report them from separate folders"):
         report.aggregate([runs[1], task[1]])
@@ -339,20 +342,28 @@ def test_missing_field_names_the_field_and_the_run(runs):
         report.aggregate(partial)
 
 
-def test_csv_parses_back_to_the_same_numbers(runs):
+def test_csv_parses_back_to_the_numbers_of_the_table(runs):
     rows = report.aggregate(runs)
     parsed = list(csv.DictReader(io.StringIO(report.csv_table(rows))))
     assert [p["method"] for p in parsed] == [r["method"] for r in rows]
+    digits = {"accuracy": 2, "forgetting": 2, "train_seconds": 1, "train_images_per_second": 1}
     for row, back in zip(rows, parsed):
         assert back["seeds"].split() == [str(s) for s in row["seeds"]]
         assert int(back["n"]) == row["n"]
-        for key in ("accuracy_mean", "accuracy_std", "train_seconds_mean", "train_seconds_std",
-                    "train_images_per_second_mean", "train_images_per_second_std", "learnable_parameters"):
-            assert float(back[key]) == row[key], key                     # exact: repr round-trips
-        for key in ("forgetting_mean", "forgetting_std", "published_accuracy", "published_forgetting"):
+        assert float(back["learnable_parameters"]) == row["learnable_parameters"]
+        for name, d in digits.items():
+            for stat in ("mean", "std"):
+                key, value = f"{name}_{stat}", row[f"{name}_{stat}"]
+                if value is None or (stat == "std" and row["n"] == 1):
+                    assert back[key] == "", key                          # one seed: no spread, as in the table
+                else:
+                    assert float(back[key]) == round(value, d), key      # rounded as the table shows it
+                    assert f"{value:.{d}f}" in report.markdown_table(rows, "split_cifar100")
+        for key in ("published_accuracy", "published_forgetting"):
             assert (back[key] == "") == (row[key] is None), key
             if row[key] is not None:
                 assert float(back[key]) == row[key]
+    assert row_of(parsed, "finetune")["n"] == "1" and row_of(parsed, "finetune")["accuracy_std"] == ""
     cp = row_of(parsed, "convprompt")
     assert float(cp["published_accuracy"]) == 88.87 and float(cp["published_forgetting"]) == 4.75
     assert row_of(parsed, "joint")["forgetting_mean"] == ""
@@ -382,7 +393,7 @@ def test_write_report_writes_tables_and_pngs(runs, tmp_path):
         data = read(paths[key])
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
     md = read(paths["markdown"], "r")
-    assert "| ConvPrompt | 0, 1 | 69.00 ± 1.41 |" in md and "accuracy_curves.png" in md
+    assert "| ConvPrompt | 0, 1 (permuted) | 69.00 ± 1.41 |" in md and "accuracy_curves.png" in md
     assert len(list(csv.DictReader(io.StringIO(read(paths["csv"], "r"))))) == 3
     assert sorted(os.listdir(tmp_path / "out")) == ["accuracy_curves.png", "accuracy_matrices.png",
                                                     "results.csv", "results.md"]   # no temporaries left
@@ -417,8 +428,17 @@ def test_cli_rerenders_from_saved_runs(runs, tmp_path, capsys):
     save_runs(tmp_path, runs)
     paths = report.main([str(tmp_path)])
     assert paths["markdown"] == os.path.join(str(tmp_path), "results.md")
-    assert "| ConvPrompt | 0, 1 |" in capsys.readouterr().out
+    assert "| ConvPrompt | 0, 1 (permuted) |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
         report.main([str(tmp_path / "nowhere")])
     assert exc.value.code == 2
     assert "error: no runs folder" in capsys.readouterr().err
+
+
+def test_rows_name_their_class_order_and_never_mix_orders():
+    natural = make_run("convprompt", 0, 70.0, 10.0, label="ConvPrompt", config={"class_order": "natural"})
+    permuted = make_run("convprompt", 1, 70.0, 10.0, label="ConvPrompt", config={"class_order": "permuted"})
+    assert table_row(report.markdown_table(report.aggregate([natural]), "split_cifar100"), "ConvPrompt")[1] == \
+        "0 (natural)"
+    with pytest.raises(ValueError, match="runs of 'convprompt' mix class orders 'natural' and 'permuted'"):
+        report.aggregate([natural, permuted])

@@ -57,12 +57,13 @@ def test_a_short_experience_at_the_default_rate_warns_once_and_names_the_rate_to
         r"ConvPrompt: experience 0 trains for 6 iterations \(3 epochs x 2 batches\) at the default rate "
         r"lr=0\.000156 \(base_lr x train_mb_size / 256\), whose rule was tuned for the paper's 190-1,500 iterations "
         r"per task: lr x iterations = 0\.000937, under 0\.1 \(the published recipes: 0\.14-1\.0\), and the new "
-        r"classes will barely be learned; pass lr=0\.005 and train_epochs=50 \(README, 'Small data'\)", messages[0]), messages[0]
+        r"classes will barely be learned; pass lr=0\.005 and train_epochs=50 "
+        r"\(docs/avalanche.md, 'Small data, short schedules'\)", messages[0]), messages[0]
 
 
 def test_a_rate_the_user_chose_never_warns():
     assert train_two_experiences(lr=0.0001) == []
-    # an optimiser (its own rate) or an optimiser factory also means the user chose the rate
+    # an optimizer (its own rate) or an optimizer factory also means the user chose the rate
     sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0001)
     assert train_two_experiences(optimizer=sgd) == []
     assert train_two_experiences(optimizer_factory=lambda groups: torch.optim.SGD(groups)) == []

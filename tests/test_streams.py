@@ -138,7 +138,7 @@ def test_split_imagenet_r_gives_image_tensors_int_labels_and_disjoint_80_20_spli
                        ("art_2.jpg", _image_bytes(mode="RGBA", size=(5, 9)))):
         _write(os.path.join(odd, name), data)
     rng_state = torch.get_rng_state()
-    stream = split_imagenet_r(root, n_experiences=2, seed=3, img_size=32)
+    stream = split_imagenet_r(root, n_experiences=2, seed=3, img_size=32, subset=True)
     assert torch.equal(torch.get_rng_state(), rng_state), "building the stream must not reseed the global RNG"
     assert stream.name == "split_imagenet_r" and stream.descriptor_set == "imagenet_r"
     assert stream.class_keys == dict(enumerate(counts))
@@ -198,7 +198,7 @@ def test_imagenet_r_errors_say_what_is_wrong(tmp_path):
         split_imagenet_r(str(tmp_path))
     _imagenet_r_tree(tmp_path, {"n01484850": 3, "n01494475": 3})
     with pytest.raises(ValueError, match="3 classes do not split evenly into 2 experiences"):
-        split_imagenet_r(str(tmp_path), n_experiences=2)
+        split_imagenet_r(str(tmp_path), n_experiences=2, subset=True)
     with pytest.raises(ValueError, match="test_fraction"):
         split_imagenet_r(str(tmp_path), n_experiences=3, test_fraction=1.0)
 
@@ -273,6 +273,8 @@ def test_split_cifar100_gets_the_seeded_order_without_resetting_the_global_rng(t
     import avalanche.benchmarks.classic as classic
     import torchvision.datasets
     from avalanche.benchmarks import nc_benchmark
+
+    from avalanche_convprompt.data import streams
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 
     folder = tmp_path / "cifar-100-python"
@@ -281,6 +283,7 @@ def test_split_cifar100_gets_the_seeded_order_without_resetting_the_global_rng(t
         (folder / name).write_bytes(b"")
     calls = {}
     monkeypatch.setattr(classic, "SplitCIFAR100", lambda **kw: calls.update(kw) or "benchmark")
+    monkeypatch.setattr(streams, "_check_cifar100_files", lambda *a: None)       # the empty files are stand-ins
     monkeypatch.setattr(torchvision.datasets, "CIFAR100",
                         lambda *a, **kw: type("Fake", (), {"classes": [f"c{i}" for i in range(100)]})())
     torch.manual_seed(123)

@@ -236,9 +236,11 @@ def without_task_labels(train, test):
 
 @pytest.mark.parametrize("builder, task_incremental, message", [
     (restarting_ids, False,
-     "experience 1: classes [0, 1] were already learned in an earlier experience; this class-incremental method "
-     "expects every experience to bring new classes; its samples carry task label(s) [1]: for a task-incremental "
-     "stream build the strategy with task_incremental=True"),
+     "experience 1: classes [0, 1] were already learned in an earlier experience, and its samples carry task "
+     "label(s) [1] not seen before: class ids that restart in every task name different classes, which this "
+     "class-incremental method would merge; for a task-incremental stream build the strategy with "
+     "task_incremental=True, and for a domain-incremental stream (the same classes again) build the benchmark "
+     "without task labels"),
     (without_task_labels, True,
      "experience 1 of stream 'train': task label 0 was already learned in an earlier experience; task-incremental "
      "mode expects every experience to bring a new task label (a benchmark built without task labels gives every "

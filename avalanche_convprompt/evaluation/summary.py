@@ -5,15 +5,32 @@ forgetting, BWT and the accuracy matrix); :func:`summarize_run` turns its
 accuracy matrix into the table of the prompt-learning literature.
 
 Definitions (``A[t, i]``: accuracy on experience ``i``'s test set after training
-experience ``t``, ``T`` experiences, ``0``-based):
+experience ``t``, ``T`` experiences, ``0``-based; ``n_i``: test samples of
+experience ``i``). This project's own numbers (:class:`RunSummary`):
 
-* final average accuracy = ``mean_i A[T-1, i]``, the accuracy on all seen classes
-  when the test experiences are equally large (they are in the class-balanced
-  benchmarks this is used for);
-* average forgetting (L2P / DualPrompt, after Chaudhry et al. 2018) =
-  ``mean_{i < T-1} max_{t in [i, T-2]} (A[t, i] - A[T-1, i])``.
-  Avalanche's own ``StreamForgetting`` uses the accuracy right after training
-  ``i`` instead of the maximum, so the two can differ; both are reported.
+* final average accuracy = ``mean_i A[T-1, i]`` (:func:`average_accuracy`);
+* average forgetting (after Chaudhry et al. 2018) =
+  ``mean_{i < T-1} max_{t in [i, T-2]} (A[t, i] - A[T-1, i])``
+  (:func:`average_forgetting`; negative when the last experience raised an old one).
+
+The references report other definitions (:data:`ACCURACY_DEFINITIONS`,
+:data:`FORGETTING_DEFINITIONS`; :func:`reported_metrics` computes them all):
+
+* ``sample_weighted`` accuracy = ``sum_i n_i A[T-1, i] / sum_i n_i``, the
+  accuracy over all seen test samples (CVIR/ConvPrompt ``engine.py``,
+  ``evaluate_till_now``: correct / total; GT-RIPL/CODA-Prompt ``trainer.py``
+  tests all seen classes at once). It equals the task mean when the test
+  experiences are equally large (Split CIFAR-100), not on ImageNet-R or CUB-200;
+* ``task_mean`` accuracy = the task mean above (JH-LEE-KR/l2p-pytorch and
+  dualprompt-pytorch ``engine.py``);
+* ``max_over_row`` forgetting = ``mean_{i < T-1} (max_t A[t, i] - A[T-1, i])``
+  with the max over every row, the last included, so never negative
+  (ConvPrompt, L2P and DualPrompt ``engine.py``: ``np.max(acc_matrix, axis=1)``);
+* ``coda_stepwise`` forgetting = ``mean_{t=1..T-1} mean_{i<t} (A[t-1, i] - A[t, i])``,
+  the average one-step drop (GT-RIPL/CODA-Prompt ``utils/calc_forgetting.py``).
+
+Avalanche's own ``StreamForgetting`` uses the accuracy right after training
+``i`` instead of a maximum; it is reported too.
 
 Avalanche's ``accuracy_matrix_metrics`` indexes rows by the number of
 ``strategy.train(...)`` *calls* (not experiences), writes every evaluation into
@@ -81,6 +98,51 @@ def average_forgetting(matrix: Sequence[Sequence[float]]) -> float:
         return 0.0
     drops = [float(m[i:T - 1, i].max() - m[T - 1, i]) for i in range(T - 1)]
     return sum(drops) / len(drops)
+
+
+ACCURACY_DEFINITIONS = ("task_mean", "sample_weighted")
+FORGETTING_DEFINITIONS = ("max_over_row", "coda_stepwise")
+
+
+def sample_weighted_accuracy(matrix: Sequence[Sequence[float]], test_samples: Sequence[int]) -> float:
+    """Accuracy over all seen test samples: the last row weighted by each experience's test size."""
+    m = _as_square(matrix)
+    n = torch.as_tensor(list(test_samples), dtype=torch.float64)
+    if n.shape != (m.shape[0],) or bool((n <= 0).any()):
+        raise ValueError(f"need one positive test-set size per experience ({m.shape[0]}), got {list(test_samples)}")
+    return float((m[-1] * n).sum() / n.sum())
+
+
+def forgetting_max_over_row(matrix: Sequence[Sequence[float]]) -> float:
+    """ConvPrompt's, L2P's and DualPrompt's forgetting: per earlier experience, the max of its column over
+    every row (the last included) minus its last value, averaged; never negative. 0 for one experience."""
+    m = _as_square(matrix)
+    T = m.shape[0]
+    if T < 2:
+        return 0.0
+    return float((m[:, :T - 1].max(dim=0).values - m[T - 1, :T - 1]).mean())
+
+
+def forgetting_coda_stepwise(matrix: Sequence[Sequence[float]]) -> float:
+    """CODA-Prompt's forgetting: the mean over steps ``t >= 1`` of the mean drop ``A[t-1, i] - A[t, i]`` over
+    ``i < t``. 0 for one experience."""
+    m = _as_square(matrix)
+    T = m.shape[0]
+    if T < 2:
+        return 0.0
+    return float(sum((m[t - 1, :t] - m[t, :t]).mean() for t in range(1, T)) / (T - 1))
+
+
+def reported_metrics(matrix: Sequence[Sequence[float]], test_samples: Optional[Sequence[int]] = None) -> Dict:
+    """Every definition's final accuracy and forgetting for one run (``None`` where it cannot be computed:
+    the sample-weighted accuracy without test sizes)."""
+    return {
+        "accuracy": {"task_mean": average_accuracy(matrix),
+                     "sample_weighted": None if test_samples is None
+                     else sample_weighted_accuracy(matrix, test_samples)},
+        "forgetting": {"max_over_row": forgetting_max_over_row(matrix),
+                       "coda_stepwise": forgetting_coda_stepwise(matrix)},
+    }
 
 
 def _as_square(matrix) -> torch.Tensor:

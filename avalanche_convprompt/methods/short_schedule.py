@@ -6,8 +6,8 @@ each parameter by about ``lr`` per step, so ``lr x iterations`` bounds what one
 experience can learn: 1.0 for the CIFAR-100 recipe (40 batches x 10 epochs at
 0.0025), about 0.47 for ImageNet-R, 0.14 for CUB-200 (25 x 60 at 9.4e-5). A few
 hundred images for 3 epochs at batch 32 give 30 iterations at 0.000625, a
-budget of 0.019, and the new experiences are barely learned (README, "Small
-data"). Below ``MIN_BUDGET`` a strategy whose rate came from the rule warns
+budget of 0.019, and the new experiences are barely learned (docs/avalanche.md, "Small
+data, short schedules"). Below ``MIN_BUDGET`` a strategy whose rate came from the rule warns
 once, at the start of the experience, and suggests the rate and the epochs that
 did best in that measurement (``SUGGESTED_LR``, ``SUGGESTED_ITERATIONS``).
 """
@@ -19,7 +19,8 @@ from typing import Optional
 
 #: ``lr x iterations`` per experience under which a rule-derived rate warns (the published recipes: 0.14 to 1.0).
 MIN_BUDGET = 0.1
-#: The rate the warning suggests: the best measured on 300-image experiences at batch 32 (README, "Small data").
+#: The rate the warning suggests: the best measured on 300-image experiences at batch 32
+#: (docs/avalanche.md, "Small data, short schedules").
 SUGGESTED_LR = 0.005
 #: The iterations per experience the warning suggests reaching with more epochs (measured better than 30).
 SUGGESTED_ITERATIONS = 100
@@ -55,6 +56,6 @@ def warn_if_short_schedule(strategy) -> bool:
         f"iterations ({strategy.train_epochs} epochs x {batches} batches) at the default rate lr={strategy.lr:.3g} "
         f"(base_lr x train_mb_size / 256), whose rule was tuned for the paper's 190-1,500 iterations per task: "
         f"lr x iterations = {strategy.lr * iterations:.3g}, under {MIN_BUDGET} (the published recipes: 0.14-1.0), "
-        f"and the new classes will barely be learned; {advice} (README, 'Small data')",
+        f"and the new classes will barely be learned; {advice} (docs/avalanche.md, 'Small data, short schedules')",
         ShortScheduleWarning, stacklevel=2)
     return True

@@ -9,9 +9,13 @@ OFFLINE = "offline"
 
 #: ConvPrompt's published backbone: ViT-B/16 pretrained on ImageNet-21k (every strategy's default).
 CONVPROMPT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
-#: The backbone of the L2P, DualPrompt and CODA-Prompt reference runs: timm 0.6.7's
-#: ``vit_base_patch16_224``, i.e. ImageNet-21k pretrained and ImageNet-1k fine-tuned.
-BASELINE_BACKBONE = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+#: The L2P and DualPrompt reference runs: the original Google ImageNet-21k ViT-B/16 with no ImageNet-1k
+#: fine-tuning. Both PyTorch ports point their ``vit_base_patch16_224`` at ``imagenet21k/ViT-B_16.npz``
+#: (JH-LEE-KR/l2p-pytorch and JH-LEE-KR/dualprompt-pytorch, ``vision_transformer.py``, ``default_cfgs``).
+L2P_BACKBONE = DUALPROMPT_BACKBONE = "vit_base_patch16_224.orig_in21k"
+#: The CODA-Prompt reference run: timm 0.4.12's ``vit_base_patch16_224``, ImageNet-21k pretrained and
+#: ImageNet-1k fine-tuned (GT-RIPL/CODA-Prompt, ``models/zoo.py``).
+CODA_BACKBONE = "vit_base_patch16_224.augreg_in21k_ft_in1k"
 
 
 def make_backbone(name: str, pretrained: bool = True):

@@ -18,7 +18,7 @@ recipe), its LayerNorms (each block's ``norm1``/``norm2`` and the final ``norm``
 
 The :class:`~avalanche_convprompt.models.prompt_plan.PromptPlan` of the last forward
 is kept in :attr:`PromptedClassifier.last_plan` so a strategy can add its
-matching loss.
+matching loss; copies (``copy.deepcopy``) and pickles of the model leave it out.
 
 Inputs are images in ``[0, 1]`` (what ``transforms.ToTensor`` gives; the
 published setup feeds them unnormalised) or uint8 tensors in ``0..255``, which
@@ -54,6 +54,7 @@ class PromptedClassifier(nn.Module):
         prompt_module: gives a prompter per forward pass, or ``None``.
         input_mean, input_std: when given, inputs are normalised with them
             inside the model (e.g. the statistics the timm weights expect).
+        head_init: how each head's ``Linear`` starts (:data:`~avalanche_convprompt.models.heads.HEAD_INITS`).
 
     Images outside ``EXPECTED_RANGE`` (``[-0.25, 1.25]``: ``[0, 1]`` with room
     for interpolation overshoot) give one :class:`InputRangeWarning` per model.
@@ -64,13 +65,14 @@ class PromptedClassifier(nn.Module):
 
     def __init__(self, backbone: PromptedViT, prompt_module: Optional[nn.Module] = None,
                  input_mean: Optional[Sequence[float]] = None, input_std: Optional[Sequence[float]] = None,
-                 train_norms: bool = True, head_norm: bool = True):
+                 train_norms: bool = True, head_norm: bool = True, head_init: str = "trunc_normal"):
         super().__init__()
         self.backbone = backbone
         self.prompt_module = prompt_module
         self.train_norms = train_norms
-        self.heads = TaskHeads(backbone.embed_dim, norm=head_norm)
+        self.heads = TaskHeads(backbone.embed_dim, norm=head_norm, init=head_init)
         self.last_plan = None
+        self.register_load_state_dict_pre_hook(_grow_prompt_module_to_match_state_dict)
         self.task_hint: Optional[int] = None
         self._range_checked = set()          # the modes (training or not) whose first batch was checked
         if (input_mean is None) != (input_std is None):
@@ -81,6 +83,14 @@ class PromptedClassifier(nn.Module):
         else:
             self.input_mean = self.input_std = None
         self.freeze_backbone()
+
+    def __getstate__(self):
+        """Copies and pickles leave out :attr:`last_plan`: its tensors belong to the last forward's autograd
+        graph, which ``copy.deepcopy`` refuses (Avalanche's ``LwFPlugin`` copies the model after training)."""
+        state = super().__getstate__()
+        if state.get("last_plan") is not None:
+            state = dict(state, last_plan=None)
+        return state
 
     def trainable_norms(self) -> List[nn.Module]:
         """Each block's ``norm1`` and ``norm2`` and the final ``norm``."""
@@ -126,6 +136,18 @@ class PromptedClassifier(nn.Module):
             "transforms.Normalize (normalize_inputs=True applies the backbone's statistics inside the model)",
             InputRangeWarning, stacklevel=3)
 
+    def check_plan(self, plan) -> None:
+        """Refuse a plan whose prompts would not reach the backbone (a silent no-op otherwise)."""
+        name = type(self.prompt_module).__name__
+        outside = sorted(set(plan.prefixes) - set(self.backbone.prompt_layers))
+        if outside:
+            raise ValueError(f"{name}'s PromptPlan has prefixes for blocks {outside}, which are not among the "
+                             f"backbone's prompted layers {list(self.backbone.prompt_layers)}: list every block "
+                             f"it prompts in {name}.prompt_layers")
+        if not plan.prefixes and plan.prepend is None:
+            raise ValueError(f"{name}'s PromptPlan carries neither prefixes nor prepended tokens: its prompts "
+                             f"would change nothing")
+
     def forward(self, x: Tensor, task_labels: Optional[Tensor] = None) -> Tensor:
         """Logits indexed by class id; ``task_labels`` (task-incremental heads only) picks each sample's head."""
         x = self.backbone.as_input(x)                   # uint8 0..255 -> [0, 1], the backbone's dtype
@@ -138,6 +160,7 @@ class PromptedClassifier(nn.Module):
             return self.heads(self.backbone(x), task_labels)
         if getattr(module, "needs_query", False):
             plan = module.prompter(self.query(x), task=self.task_hint if self.training else None)
+            self.check_plan(plan)
             self.last_plan = plan
             features = self.backbone(x, plan if plan.prefixes else None, prepend=plan.prepend)
         else:
@@ -161,3 +184,29 @@ class PromptedClassifier(nn.Module):
         parts["heads"] = sum(p.numel() for p in self.heads.parameters())
         parts["total"] = sum(parts.values())
         return parts
+
+
+def _grow_prompt_module_to_match_state_dict(net: "PromptedClassifier", state_dict, prefix: str, *args) -> None:
+    """Load-time hook: call a growing prompt module's ``grow()`` until it holds every saved prompt tensor.
+
+    So a method defined anywhere resumes from a checkpoint without a load hook of
+    its own, as long as ``grow()`` adds parameters (e.g. to an ``nn.ParameterList``)
+    rather than resizing them. Modules with their own load-time hook (the built-in
+    pools) grow themselves. Bounded by the number of saved heads (one growth per
+    experience at most); what still does not match is left to ``load_state_dict``'s
+    error.
+    """
+    module = net.prompt_module
+    grow = getattr(module, "grow", None)
+    if grow is None or module._load_state_dict_pre_hooks:
+        return
+    saved = {k[len(prefix) + len("prompt_module."):] for k in state_dict
+             if k.startswith(prefix + "prompt_module.")}
+    saved_heads = sum(1 for k in state_dict if k.startswith(prefix + "heads.heads.") and k.endswith(".class_ids"))
+    for _ in range(saved_heads):
+        have = set(module.state_dict())
+        if saved <= have:
+            return
+        grow()
+        if set(module.state_dict()) == have:       # grow() added nothing: growing again would not help
+            return

@@ -24,7 +24,8 @@ evaluation and last, smaller batches share graphs; a second token count or
 prompt length (L2P's prepended tokens, DualPrompt's two prompt lengths) makes
 that axis dynamic too (PyTorch's automatic dynamic shapes), once. So a run
 compiles a handful of graphs in its first experience (training and evaluation)
-and none when the pool grows; ``tests/test_compile.py`` counts them. Compiled graphs are cached per process by PyTorch, keyed by these
+and none when the pool grows; ``tests/test_compile.py`` counts them. Compiled graphs
+are cached per process by PyTorch, keyed by these
 functions' code: backbones of other widths add their own graphs, and PyTorch's
 ``torch._dynamo.config.recompile_limit`` (8 per function) bounds them; past it
 the blocks silently run eagerly. ``torch.compiler.reset()`` clears the cache

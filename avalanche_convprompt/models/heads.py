@@ -26,13 +26,23 @@ from torch import Tensor, nn
 #: Task label of a head saved before heads recorded one (version 0.1 checkpoints).
 UNKNOWN_TASK = -1
 
+#: How a head's ``Linear`` starts: ``"trunc_normal"`` (weights ``trunc_normal_(std=0.02)``, bias 0: timm's ViT
+#: head init, which the ConvPrompt, L2P and DualPrompt references use) or ``"torch_default"`` (PyTorch's
+#: ``nn.Linear`` init, CODA-Prompt's reference).
+HEAD_INITS = ("trunc_normal", "torch_default")
+
 
 class ClassifierHead(nn.Module):
-    """``LayerNorm + Linear`` (or ``Linear`` alone, ``norm=False``) for the classes of one experience."""
+    """``LayerNorm + Linear`` (or ``Linear`` alone, ``norm=False``) for the classes of one experience.
+
+    ``init`` is one of :data:`HEAD_INITS`.
+    """
 
     def __init__(self, in_features: int, class_ids: Iterable[int], norm: bool = True,
-                 task_label: int = UNKNOWN_TASK):
+                 task_label: int = UNKNOWN_TASK, init: str = "trunc_normal"):
         super().__init__()
+        if init not in HEAD_INITS:
+            raise ValueError(f"head init must be one of {HEAD_INITS}, got {init!r}")
         ids = torch.as_tensor(list(class_ids), dtype=torch.long)
         if ids.numel() == 0:
             raise ValueError("a head needs at least one class")
@@ -42,6 +52,9 @@ class ClassifierHead(nn.Module):
             raise ValueError(f"class ids must be non-negative, got {ids.tolist()}")
         self.norm = nn.LayerNorm(in_features) if norm else nn.Identity()
         self.linear = nn.Linear(in_features, ids.numel())
+        if init == "trunc_normal":
+            nn.init.trunc_normal_(self.linear.weight, std=0.02)
+            nn.init.zeros_(self.linear.bias)
         self.register_buffer("class_ids", ids)
         self.register_buffer("task_label", torch.tensor(int(task_label), dtype=torch.long))
         self.classes = tuple(ids.tolist())     # host copies: bookkeeping never waits for the device
@@ -64,14 +77,21 @@ class TaskHeads(nn.Module):
     single linear classifier of L2P / DualPrompt / CODA-Prompt, whose logits of
     other experiences' classes are masked while training.
     ``task_incremental=True``: one head per task label, class ids local to it.
+    ``init``: how each new head's ``Linear`` starts (:data:`HEAD_INITS`).
     """
 
-    def __init__(self, in_features: int, norm: bool = True, task_incremental: bool = False):
+    def __init__(self, in_features: int, norm: bool = True, task_incremental: bool = False,
+                 init: str = "trunc_normal"):
         super().__init__()
+        if init not in HEAD_INITS:
+            raise ValueError(f"head init must be one of {HEAD_INITS}, got {init!r}")
         self.in_features = in_features
         self.norm = norm
+        self.init = init
         self.task_incremental = task_incremental
         self.heads = nn.ModuleList()
+        # prompt tasks begun so far: one per experience, except where a stream revisits (see the strategy template)
+        self.register_buffer("tasks_started", torch.tensor(0, dtype=torch.long))
         self.register_load_state_dict_pre_hook(_grow_heads_to_match_state_dict)
 
     def __len__(self) -> int:
@@ -86,6 +106,22 @@ class TaskHeads(nn.Module):
     def task_labels(self) -> Tuple[int, ...]:
         """Task label of each head, in head order."""
         return tuple(head.task for head in self.heads)
+
+    @property
+    def num_tasks(self) -> int:
+        """Prompt tasks begun so far (equal to the number of heads on a stream that brings new classes only)."""
+        return int(self.tasks_started)
+
+    def heads_of(self, class_ids: Iterable[int]) -> List[ClassifierHead]:
+        """The heads that own any of ``class_ids``, in head order."""
+        wanted = {int(c) for c in class_ids}
+        return [head for head in self.heads if wanted & set(head.classes)]
+
+    def train_only(self, heads: Iterable[ClassifierHead]) -> None:
+        """Unfreeze ``heads``, freeze every other head."""
+        chosen = {id(h) for h in heads}
+        for head in self.heads:
+            head.requires_grad_(id(head) in chosen)
 
     @property
     def num_outputs(self) -> int:
@@ -113,7 +149,7 @@ class TaskHeads(nn.Module):
         for head in self.heads:
             head.requires_grad_(False)
         ref = next(iter(self.parameters()), None)
-        head = ClassifierHead(self.in_features, ids, norm=self.norm, task_label=task_label)
+        head = ClassifierHead(self.in_features, ids, norm=self.norm, task_label=task_label, init=self.init)
         if ref is not None:
             head.to(device=ref.device, dtype=ref.dtype)
         self.heads.append(head)
@@ -190,8 +226,13 @@ def label_positions(labels: Tensor, class_ids: Tensor) -> Tensor:
 def _grow_heads_to_match_state_dict(heads: TaskHeads, state_dict: Dict[str, Tensor], prefix: str, *args) -> None:
     """Load-time hook: rebuild the heads a saved model had, so a fresh model can load it.
 
-    Heads saved before they recorded a task label (version 0.1) get :data:`UNKNOWN_TASK`.
+    Heads saved before they recorded a task label (version 0.1) get :data:`UNKNOWN_TASK`;
+    models saved before the task counter existed began one prompt task per head.
     """
+    i = 0
+    while f"{prefix}heads.{i}.class_ids" in state_dict:
+        i += 1
+    state_dict.setdefault(f"{prefix}tasks_started", torch.tensor(i, dtype=torch.long))
     i = 0
     while f"{prefix}heads.{i}.class_ids" in state_dict:
         key = f"{prefix}heads.{i}.task_label"

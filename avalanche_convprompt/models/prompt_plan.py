@@ -31,9 +31,13 @@ def split_heads(prompt: Tensor, num_heads: int) -> Tuple[Tensor, Tensor]:
     """``(B, 2, L, C)`` prefix prompt -> key and value prefixes ``(B, H, L, Dh)`` each.
 
     The width ``C`` is split into heads and the head axis is moved in front of
-    the token axis with an explicit ``permute``. Reshaping ``(B, L, C)`` straight
-    to ``(B, H, L, Dh)`` (a bug of several DualPrompt ports) would silently mix
-    tokens and heads; ``tests/test_baselines.py`` checks the layout token by token.
+    the token axis with an explicit ``permute``; every sample keeps its own key
+    and value halves. ``tests/test_baselines.py`` checks the layout token by token,
+    and that DualPrompt's pool does not reproduce the prefix bug of the
+    JH-LEE-KR/dualprompt-pytorch port (``prompt.py``: the selected E-prompts,
+    ``(layers, dual, batch, ...)``, are reshaped to ``(layers, batch, dual, ...)``
+    without a permute, so the first half of a batch receives K halves as key and
+    value and the second half V halves, of other samples).
     """
     if prompt.dim() != 4 or prompt.shape[1] != 2:
         raise ValueError(f"prefix prompt must have shape (batch, 2, length, width), got {tuple(prompt.shape)}")

@@ -90,19 +90,40 @@ def resolve_backbone(backbone: Union[str, VisionTransformer], pretrained: bool =
     """A timm ``VisionTransformer`` from a model name or an instance.
 
     A name goes through ``timm.create_model`` with ``num_classes=0`` (the
-    continual-learning heads live outside the backbone); an instance is used
-    as is. Anything that is not a class-token ViT made of standard pre-norm
-    blocks is refused with the reason, since prefix-tuning below relies on it.
+    continual-learning heads live outside the backbone), except ``"offline"``,
+    the small ViT shipped with the package
+    (:func:`~avalanche_convprompt.data.offline_backbone.create_offline_backbone`);
+    an instance is used as is. Anything that is not a class-token ViT made of
+    standard pre-norm blocks is refused with the reason, since prefix-tuning
+    below relies on it. Pretrained weights that cannot be reached (no network
+    and not in the Hugging Face cache) raise :class:`BackboneUnavailable`,
+    saying how to pass a local copy or the offline backbone.
     """
+    if backbone == "offline" and not timm_kwargs:
+        from ..data.offline_backbone import create_offline_backbone
+        return create_offline_backbone(pretrained=pretrained)
     if isinstance(backbone, str):
         try:
             model = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **timm_kwargs)
         except RuntimeError as err:  # timm: unknown model name
             raise ValueError(f"timm cannot build backbone {backbone!r}: {err}") from err
+        except OSError as err:       # huggingface_hub's LocalEntryNotFoundError, connection errors, a missing file
+            raise BackboneUnavailable(
+                f"cannot load the pretrained weights of backbone {backbone!r} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). timm downloads them once from the Hugging Face "
+                "hub and then reads its cache; without network or cache pass a local copy, "
+                f"backbone=timm.create_model({backbone.split('.')[0]!r}, pretrained=True, num_classes=0, "
+                "pretrained_cfg_overlay=dict(file='/path/to/weights')) or any timm VisionTransformer you built, or "
+                "backbone='offline' (the small ViT shipped with the package, pretrained on synthetic shapes at "
+                "32x32: for trying things out, not for the published numbers)") from err
     else:
         model = backbone
     check_backbone(model)
     return model
+
+
+class BackboneUnavailable(OSError):
+    """A backbone's pretrained weights cannot be reached; the message says what to pass instead."""
 
 
 def input_statistics(vit: VisionTransformer, normalize_inputs: bool):

@@ -10,7 +10,7 @@ from typing import Optional
 
 from avalanche.core import SupervisedPlugin
 
-from ..runs.checkpoint import checkpoint_files, is_main_process, strategy_state, write_checkpoint
+from ..runs.checkpoint import is_main_process, own_checkpoint_files, strategy_state, write_checkpoint
 from ..runs.files import ensure_writable_dir
 
 
@@ -23,17 +23,21 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
     ``train`` call, before anything there draws a random number; both see the
     evaluator after it finished (Avalanche runs the evaluator's callbacks after
     the user's plugins). Files are ``directory/expNNN.pt`` (``NNN`` =
-    experiences completed); the newest ``keep`` stay. ``extra()`` may return
-    more plain data to store. Only the main process writes.
+    experiences completed); the newest ``keep`` of this package's checkpoints
+    stay (files it did not write, recognised by name and content, are never
+    touched). ``extra()`` may return more plain data to store; ``settings``
+    (plain data) are stored beside the strategy's own settings and compared on
+    resume (:func:`~avalanche_convprompt.runs.checkpoint.check_settings`). Only the main process writes.
     """
 
-    def __init__(self, directory: str, keep: int = 2, extra=None):
+    def __init__(self, directory: str, keep: int = 2, extra=None, settings=None):
         super().__init__()
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.directory = ensure_writable_dir(directory)
         self.keep = keep
         self.extra = extra
+        self.settings = settings
         self._trained = False
         self._pending = False
 
@@ -56,7 +60,8 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
             return None
         completed = strategy.clock.train_exp_counter
         path = os.path.join(self.directory, f"exp{completed:03d}.pt")
-        write_checkpoint(path, strategy_state(strategy, completed, self.extra() if self.extra else None))
-        for old in checkpoint_files(self.directory)[:-self.keep]:
+        write_checkpoint(path, strategy_state(strategy, completed, self.extra() if self.extra else None,
+                                              self.settings))
+        for old in own_checkpoint_files(self.directory)[:-self.keep]:
             os.remove(old)
         return path

@@ -69,7 +69,7 @@ a plain ``DataLoader``: every rank then trains on the whole experience. And
   pool and the heads grew (``before_training_exp``, which Avalanche calls after
   ``model_adaptation`` and ``make_optimizer``) every parameter and buffer is
   broadcast from rank 0, then the model is wrapped in a *new* DDP (the set of
-  trainable parameters changed); the optimiser holds the same parameter objects;
+  trainable parameters changed); the optimizer holds the same parameter objects;
 * **the same global batches whatever the number of processes**: the train loader
   is replaced by one that cuts each global batch of ``world_size *
   train_mb_size`` samples (a permutation seeded by ``seed``, the experience and

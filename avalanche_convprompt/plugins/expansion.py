@@ -3,8 +3,8 @@
 :class:`PromptExpansionPlugin` asks its policy at the start of every training
 experience and grows the strategy's prompt pool accordingly. It acts in
 ``before_train_dataset_adaptation``: that is the last callback before Avalanche
-adapts the model and builds the optimiser, so the new generators are in the
-optimiser of the same experience. A policy sees only class ids (new and
+adapts the model and builds the optimizer, so the new generators are in the
+optimizer of the same experience. A policy sees only class ids (new and
 earlier), so a policy that reads class descriptions (the language-model policy)
 plugs in without touching the strategy.
 
@@ -63,7 +63,8 @@ class PromptExpansionPlugin(SupervisedPlugin, supports_distributed=True):
 
     @property
     def previous_classes(self) -> List[int]:
-        return [c for a in self.history for c in a.classes]
+        """Classes of the decisions so far, each once, in order of first appearance."""
+        return list(dict.fromkeys(c for a in self.history for c in a.classes))
 
     def state_dict(self) -> dict:
         """The allocation history as plain data (for checkpoints)."""
@@ -75,16 +76,35 @@ class PromptExpansionPlugin(SupervisedPlugin, supports_distributed=True):
                         for h in state["history"]]
 
     def before_train_dataset_adaptation(self, strategy, *args, **kwargs):
+        """Ask the policy at the start of a new prompt task; a continued task (an online mini-experience of
+        the same task, an experience trained again) keeps training its generators and asks nothing."""
+        plan = getattr(strategy, "experience_plan", None)
+        if plan is not None and plan.experience is strategy.experience and not plan.new_task:
+            return
         experience = strategy.experience.current_experience
-        new_classes = experience_classes(strategy.experience)
+        classes = experience_classes(strategy.experience)
         # what came before is read from the model (its heads), so a reloaded model continues correctly
         heads = strategy.net.heads
-        decision = self.policy.allocate(len(heads), new_classes, heads.seen_classes)
-        if int(decision.generators) < 1:
-            raise ValueError(f"allocation policy gave {decision.generators} generators for experience {experience}")
-        decision.classes = new_classes
+        previous = heads.seen_classes
+        repeated = sorted(set(classes) & set(previous))
+        task_incremental = getattr(strategy, "task_incremental", False)
+        if repeated and task_incremental and getattr(self.policy, "looks_up_class_ids", False):
+            raise ValueError(
+                f"experience {experience}: class ids {repeated} also belong to earlier experiences; this policy looks "
+                "descriptors up by class id, so it needs ids that name one class each (not ids restarting at 0 in "
+                "every experience): use FixedAllocation, or give every class its own id")
+        decision = self.policy.allocate(heads.num_tasks, classes, previous)
+        # only an experience that brings no new class may begin a task without generators of its own
+        least = 0 if previous and not task_incremental and len(repeated) == len(classes) else 1
+        if int(decision.generators) < least:
+            raise ValueError(f"allocation policy gave {decision.generators} generators for experience {experience}"
+                             + (", which brings new classes" if previous else ""))
+        decision.classes = classes
         pool = strategy.net.prompt_module
-        pool.add_generators(int(decision.generators))
+        if int(decision.generators):
+            pool.add_generators(int(decision.generators))
+        else:
+            pool.freeze_generators()
         self.history.append(decision)
         self._publish(strategy, decision, experience, pool.num_generators)
 

@@ -13,8 +13,8 @@ everything the rest of the run depends on:
   decide the next experience's shuffling and new parameters' initialisation;
 * whatever the caller adds (``extra``: e.g. time spent so far).
 
-Optimiser and schedule need not be saved: every strategy here empties its
-optimiser's state and restarts its schedule at the start of each experience
+Optimizer and schedule need not be saved: every strategy here empties its
+optimizer's state and restarts its schedule at the start of each experience
 (:mod:`~avalanche_convprompt.methods.optimisation`). The one exception, not
 saved: an ``LRSchedulerPlugin`` built with ``reset_lr=False`` or
 ``reset_scheduler=False`` carries its position across experiences.
@@ -29,7 +29,21 @@ complete; :class:`~avalanche_convprompt.plugins.CheckpointPlugin` keeps the last
 read with ``torch.load(..., weights_only=True)``: only tensors and plain
 containers are stored, and loading one cannot run code. A truncated or
 corrupted file raises :class:`CheckpointError` naming it and the earlier
-checkpoint that is still usable.
+checkpoint that is still usable. A full disk raises ``OSError`` (ENOSPC)
+saying so, not torch's ``unexpected pos``; a model holding NaN or infinite
+values is never written.
+
+Ownership: a file counts as a checkpoint of this package only when its name is
+``exp<3 or more digits>.pt`` *and* it holds the marker ``written_by`` that
+:func:`write_checkpoint` stores (or, for files of earlier versions, every key
+of :func:`strategy_state`). Only such files are ever pruned or deleted
+(:func:`own_checkpoint_files`); anything else in the folder is left alone.
+
+Settings: every checkpoint stores the settings that shaped it
+(:func:`checkpoint_settings`: the strategy's resolved recipe, plus whatever the
+caller adds, e.g. the runner's command-line settings). Resuming compares them
+with the new run's and refuses a mismatch with :class:`SettingsChanged`, naming
+the differing keys, unless ``allow_changed_settings=True``.
 
 In a script written for Avalanche, :func:`save_checkpoint` and
 :func:`maybe_load_checkpoint` are called like Avalanche's functions of the same
@@ -40,6 +54,7 @@ these files; ``save_checkpoint(path, state)``, version 0.1's form, still works
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import random
@@ -54,8 +69,13 @@ from .files import ensure_writable_dir
 from .distributed import unwrap
 
 FORMAT = 1
+#: the content marker of a file this package wrote (:func:`is_own_checkpoint`)
+MARKER = "avalanche_convprompt"
 PathLike = Union[str, "os.PathLike[str]"]
-_FILE = re.compile(r"exp(\d+)\.pt$")
+_FILE = re.compile(r"^exp(\d{3,})\.pt$")
+# what every strategy_state holds: how a checkpoint of an earlier version (no marker) is recognised
+_STATE_KEYS = {"format", "strategy", "completed_experiences", "model", "clock", "evaluator", "plugins", "rng",
+               "extra"}
 # Only Avalanche's own metric, evaluator and clock objects are captured attribute by attribute.
 _CAPTURED_MODULES = ("avalanche.evaluation", "avalanche.training.plugins.evaluation", "avalanche.training.plugins.clock")
 _SKIPPED_ATTRIBUTES = {"loggers"}
@@ -63,6 +83,14 @@ _SKIPPED_ATTRIBUTES = {"loggers"}
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (truncated, corrupted, or from an incompatible run)."""
+
+
+class SettingsChanged(CheckpointError):
+    """A checkpoint written under other settings than the run that would resume from it."""
+
+    def __init__(self, message: str, differences: Dict[str, Tuple[Any, Any]]):
+        super().__init__(message)
+        self.differences = differences
 
 
 # ------------------------------------------------------------ object state
@@ -170,8 +198,91 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------- strategy <-> file
-def strategy_state(strategy, completed_experiences: int, extra: Optional[Dict] = None) -> Dict[str, Any]:
-    """Everything needed to continue ``strategy`` after ``completed_experiences`` experiences."""
+def checkpoint_settings(strategy, settings: Optional[Dict] = None) -> Dict[str, Any]:
+    """The settings a checkpoint of ``strategy`` records: its resolved recipe (rate, epochs, batch, schedule,
+    prompt sizes, ...; see :func:`~avalanche_convprompt.methods.registry.resolved_recipe`) under ``"strategy"``,
+    and the caller's ``settings`` (plain data) under ``"run"``."""
+    from ..methods.registry import resolved_recipe
+    try:
+        recipe = resolved_recipe(strategy)
+    except AttributeError:             # a strategy of another kind: what every Avalanche template has
+        recipe = {"train_mb_size": strategy.train_mb_size, "train_epochs": strategy.train_epochs,
+                  "eval_mb_size": strategy.eval_mb_size,
+                  "optimizer": type(strategy.optimizer).__name__ if strategy.optimizer is not None else None,
+                  "lr": [g.get("lr") for g in strategy.optimizer.param_groups] if strategy.optimizer else None}
+    out = {"strategy": plain_data(recipe)}
+    if settings:
+        out["run"] = plain_data(settings)
+    return out
+
+
+def plain_data(value):
+    """``value`` as data ``torch.load(weights_only=True)`` reads back and that compares as written."""
+    if isinstance(value, dict):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _flatten(value, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+_ABSENT = "<absent>"
+
+
+def settings_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """``{dotted key: (saved value, current value)}`` for every setting that differs (``"<absent>"``: not set)."""
+    a, b = _flatten(saved), _flatten(current)
+    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+def describe_differences(differences: Dict[str, Tuple[Any, Any]], limit: int = 8) -> str:
+    """``"strategy.lr 0.003 -> 0.5, strategy.train_epochs 1 -> 3"`` (the saved value first), at most ``limit``
+    keys."""
+    items = [f"{k} {a!r} -> {b!r}" for k, (a, b) in list(differences.items())[:limit]]
+    more = len(differences) - limit
+    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
+
+
+def check_settings(state: Dict[str, Any], settings: Dict[str, Any], allow_changed_settings: bool = False,
+                   where: str = "the checkpoint") -> Dict[str, Tuple[Any, Any]]:
+    """Compare the settings ``state`` was written under with ``settings`` (:func:`checkpoint_settings`).
+
+    Returns the differences; raises :class:`SettingsChanged` when there are any and
+    ``allow_changed_settings`` is false. A checkpoint of an earlier version (no
+    settings stored) is not compared.
+    """
+    saved = state.get("settings")
+    if saved is None:
+        return {}
+    differences = settings_differences(saved, settings)
+    if differences and not allow_changed_settings:
+        raise SettingsChanged(
+            f"{where} was written under other settings than this run's: {describe_differences(differences)} "
+            f"(checkpoint -> now); resume with the settings it was written with, start afresh in another folder, "
+            "or pass allow_changed_settings=True (runner: --allow-changed-settings) to continue under the new ones",
+            differences)
+    return differences
+
+
+def strategy_state(strategy, completed_experiences: int, extra: Optional[Dict] = None,
+                   settings: Optional[Dict] = None) -> Dict[str, Any]:
+    """Everything needed to continue ``strategy`` after ``completed_experiences`` experiences.
+
+    ``settings``: the caller's settings to store beside the strategy's own (:func:`checkpoint_settings`).
+    """
     plugins = {type(p).__name__: p.state_dict() for p in strategy.plugins
                if hasattr(p, "state_dict") and hasattr(p, "load_state_dict")}
     return {
@@ -184,13 +295,21 @@ def strategy_state(strategy, completed_experiences: int, extra: Optional[Dict] =
         "plugins": plugins,
         "rng": rng_state(),
         "extra": extra or {},
+        "settings": checkpoint_settings(strategy, settings),
     }
 
 
-def restore_strategy(strategy, state: Dict[str, Any]) -> int:
-    """Load a :func:`strategy_state` into a freshly built strategy; returns the experiences completed."""
+def restore_strategy(strategy, state: Dict[str, Any], settings: Optional[Dict] = None,
+                     allow_changed_settings: bool = False, where: str = "the checkpoint") -> int:
+    """Load a :func:`strategy_state` into a freshly built strategy; returns the experiences completed.
+
+    The settings stored in ``state`` are compared with this strategy's (plus the
+    caller's ``settings``) first: a difference raises :class:`SettingsChanged`
+    naming the keys, unless ``allow_changed_settings``. ``where`` names the file in errors.
+    """
     if state.get("strategy") != type(strategy).__name__:
-        raise CheckpointError(f"the checkpoint was written by {state.get('strategy')}, not {type(strategy).__name__}")
+        raise CheckpointError(f"{where} was written by {state.get('strategy')}, not {type(strategy).__name__}")
+    check_settings(state, checkpoint_settings(strategy, settings), allow_changed_settings, where)
     buffers = [type(p).__name__ for p in strategy.plugins
                if hasattr(p, "storage_policy") and not hasattr(p, "load_state_dict")]
     if buffers and int(state.get("completed_experiences", 0)) > 0:
@@ -198,7 +317,14 @@ def restore_strategy(strategy, state: Dict[str, Any]) -> int:
             f"the strategy has {', '.join(buffers)}, whose replay buffer a checkpoint does not hold: resuming would "
             "continue with an empty buffer and give other results than an uninterrupted run; start the run again "
             "from the first experience")
-    unwrap(strategy.model).load_state_dict(state["model"])
+    try:
+        unwrap(strategy.model).load_state_dict(state["model"])
+    except RuntimeError as err:         # size mismatch, missing or unexpected keys
+        detail = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
+        raise CheckpointError(
+            f"{where} does not fit this strategy's model ({detail or str(err)[:300]}): it was written by a run "
+            "with another configuration (backbone, prompt sizes, classes); build the strategy as for that run, or "
+            "start afresh in another folder") from err
     strategy.model.to(strategy.device)
     restore_state(strategy.clock, state["clock"])
     if state["evaluator"] is not None and strategy.evaluator is not None:
@@ -212,16 +338,70 @@ def restore_strategy(strategy, state: Dict[str, Any]) -> int:
     return int(state["completed_experiences"])
 
 
+class _WriteErrors:
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write: torch's zip writer swallows it and
+    reports ``unexpected pos ...`` instead (a full disk, a quota)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
+def _open_for_writing(path: str):
+    return open(path, "wb")
+
+
+def non_finite_tensors(state: Dict[str, Any]) -> List[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and
+            not bool(torch.isfinite(v).all())]
+
+
 def write_checkpoint(path: PathLike, state: Dict[str, Any]) -> str:
-    """Write ``state`` atomically: temporary file, flush and fsync, rename over ``path``."""
+    """Write ``state`` atomically: temporary file, flush and fsync, rename over ``path``.
+
+    The file gets the content marker (``written_by``) that makes it this
+    package's (:func:`is_own_checkpoint`). A model state holding NaN or
+    infinite values is refused (:class:`CheckpointError`): such a checkpoint
+    would resume a broken run. A full disk raises ``OSError`` (ENOSPC) naming
+    the file; the previous checkpoint is untouched either way.
+    """
     path = os.fspath(path)
-    ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
+    directory = os.path.dirname(os.path.abspath(path))
+    ensure_writable_dir(directory)
+    model = state.get("model") if isinstance(state, dict) else None
+    broken = non_finite_tensors(model) if isinstance(model, dict) else []
+    if broken:
+        raise CheckpointError(
+            f"not writing checkpoint {path}: the model holds NaN or infinite values in {len(broken)} tensor(s) "
+            f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); the earlier checkpoints are untouched")
+    state = {**state, "written_by": MARKER} if isinstance(state, dict) else state
     tmp = f"{path}.tmp-{os.getpid()}"
+    writer = None
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with _open_for_writing(tmp) as f:       # closing flushes the buffer: it can fail too
+                writer = _WriteErrors(f)
+                torch.save(state, writer)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:
+            failure = (writer.error if writer is not None else None) or (err if isinstance(err, OSError) else None)
+            if failure is None:
+                raise
+            reason = "no space left on device" if failure.errno == errno.ENOSPC else (failure.strerror or str(failure))
+            raise OSError(failure.errno, f"checkpoint {path} could not be written ({reason}); the previous "
+                                         "checkpoint is untouched: free space (or fix the folder) and resume "
+                                         "(--resume)") from err
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -241,7 +421,7 @@ def save_checkpoint(strategy_or_path, fname_or_state, exclude: Optional[Collecti
       of ``strategy`` after ``strategy.clock.train_exp_counter`` experiences
       (:func:`strategy_state`), to read back with :func:`maybe_load_checkpoint`.
       Unlike Avalanche's, the file holds tensors and plain data only (no pickled
-      strategy) and never the optimiser, scheduler, datasets or data loaders,
+      strategy) and never the optimizer, scheduler, datasets or data loaders,
       which every strategy here rebuilds per experience; ``exclude`` may name
       those (Avalanche users pass ``["optimizer", "scheduler"]``) and is refused
       for what is always stored (``model``, ``clock``, ``evaluator``, ``plugins``).
@@ -263,12 +443,13 @@ def save_checkpoint(strategy_or_path, fname_or_state, exclude: Optional[Collecti
     refused = sorted(set(exclude or ()) & set(_ALWAYS_STORED))
     if refused:
         raise ValueError(f"exclude={refused}: this checkpoint always stores {list(_ALWAYS_STORED)}; it never stores "
-                         "the optimiser, scheduler or data, so only those may be excluded")
+                         "the optimizer, scheduler or data, so only those may be excluded")
     strategy = strategy_or_path
     return write_checkpoint(fname_or_state, strategy_state(strategy, strategy.clock.train_exp_counter))
 
 
-def maybe_load_checkpoint(strategy, fname: PathLike, map_location=None, unique_objects=None) -> Tuple[Any, int]:
+def maybe_load_checkpoint(strategy, fname: PathLike, map_location=None, unique_objects=None,
+                          allow_changed_settings: bool = False) -> Tuple[Any, int]:
     """Avalanche's ``maybe_load_checkpoint`` for this package's checkpoints: ``(strategy, experiences completed)``.
 
     Restores a file written by :func:`save_checkpoint` into ``strategy`` (built as
@@ -277,11 +458,16 @@ def maybe_load_checkpoint(strategy, fname: PathLike, map_location=None, unique_o
     script starts and resumes. Tensors are read on the CPU and the model is moved
     to ``strategy.device``; ``map_location`` and ``unique_objects`` are accepted
     for Avalanche's signature and not needed (no datasets are stored).
+
+    A file written under other settings (rate, batch, epochs, prompt sizes, ...:
+    :func:`checkpoint_settings`) raises :class:`SettingsChanged` naming them;
+    ``allow_changed_settings=True`` loads it anyway.
     """
     fname = os.fspath(fname)
     if not os.path.exists(fname):
         return strategy, 0
-    return strategy, restore_strategy(strategy, load_checkpoint(fname))
+    return strategy, restore_strategy(strategy, load_checkpoint(fname), allow_changed_settings=allow_changed_settings,
+                                      where=f"checkpoint {fname}")
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -289,29 +475,80 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; written by a crashed or foreign writer)"
+                              f"{_earlier_hint(path)}. Delete it to resume from the earlier one.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:     # torch raises RuntimeError, EOFError, UnpicklingError, zip errors, ...
-        earlier = [p for p in checkpoint_files(os.path.dirname(os.path.abspath(path))) if p != path]
-        hint = f"; the earlier checkpoint {earlier[-1]} is untouched" if earlier else ""
+        first_line = (str(err).splitlines() or [""])[0][:200]
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted, or holds objects other than tensors and "
                               f"plain data, which are never unpickled ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200]}){hint}. Delete it to resume from the earlier one.") \
+                              f"{first_line}){_earlier_hint(path)}. Delete it to resume from the earlier one.") \
             from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this package (format {FORMAT})")
     return state
 
 
+def _earlier_hint(path: str) -> str:
+    """``"; the earlier checkpoint X is untouched"`` for the newest own checkpoint older than ``path``, if any."""
+    number = _number(path)
+    here = os.path.abspath(path)
+    earlier = [p for p in own_checkpoint_files(os.path.dirname(here))
+               if os.path.abspath(p) != here and (number is None or _number(p) < number)]
+    return f"; the earlier checkpoint {earlier[-1]} is untouched" if earlier else ""
+
+
+def _number(path: str) -> Optional[int]:
+    match = _FILE.match(os.path.basename(path))
+    return int(match.group(1)) if match else None
+
+
 def checkpoint_files(directory: str) -> List[str]:
-    """Complete checkpoints in ``directory``, oldest first."""
-    files = [p for p in glob.glob(os.path.join(directory, "exp*.pt")) if _FILE.search(p)]
-    return sorted(files, key=lambda p: int(_FILE.search(p).group(1)))
+    """Files named like checkpoints (``exp<3+ digits>.pt``) in ``directory``, oldest first.
+
+    The name alone: :func:`own_checkpoint_files` also checks the content.
+    """
+    files = [p for p in glob.glob(os.path.join(glob.escape(directory), "exp*.pt")) if _number(p) is not None]
+    return sorted(files, key=_number)
+
+
+def checkpoint_kind(path: str) -> str:
+    """``"own"`` (a readable checkpoint this package wrote), ``"unreadable"`` (empty, truncated, corrupted) or
+    ``"foreign"`` (a readable file that is not one of this package's checkpoints, or a name that is not ours)."""
+    if _number(path) is None:
+        return "foreign"
+    try:
+        if os.path.getsize(path) == 0:
+            return "unreadable"
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)   # tensors are not read
+    except Exception:     # noqa: BLE001 - any failure to read means the same: not usable
+        return "unreadable"
+    if isinstance(state, dict) and (state.get("written_by") == MARKER or
+                                    (state.get("format") == FORMAT and _STATE_KEYS <= set(state))):
+        return "own"
+    return "foreign"
+
+
+def is_own_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a checkpoint this package wrote: its name *and* its content (the marker)."""
+    return checkpoint_kind(path) == "own"
+
+
+def own_checkpoint_files(directory: str) -> List[str]:
+    """This package's checkpoints in ``directory`` (name and content), oldest first: the only files ever pruned
+    or deleted."""
+    return [p for p in checkpoint_files(directory) if is_own_checkpoint(p)]
 
 
 def latest_checkpoint(directory: str) -> Optional[str]:
-    files = checkpoint_files(directory)
-    return files[-1] if files else None
+    """The newest checkpoint to resume from: this package's, or an unreadable one (whose load then says what is
+    wrong and names the earlier one); readable files of others are passed over."""
+    for path in reversed(checkpoint_files(directory)):
+        if checkpoint_kind(path) != "foreign":
+            return path
+    return None
 
 
 def is_main_process() -> bool:

@@ -20,15 +20,30 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
-    "init_from_torchrun", "is_distributed", "rank", "world_size", "is_main_process", "barrier", "on_main_process",
+    "init_from_torchrun", "DEFAULT_TIMEOUT", "DistributedTimeout", "is_timeout", "timeout_message",
+    "is_distributed", "rank", "world_size", "is_main_process", "barrier", "on_main_process",
     "from_main_process", "main_process_loggers", "broadcast_model_state", "max_difference_across_ranks", "wrap_ddp",
     "unwrap",
 ]
 
 
 # --------------------------------------------------------------------------- process group
-def init_from_torchrun(seed: int, backend: Optional[str] = None, device: Optional[str] = None) -> torch.device:
+#: the process group's timeout when none is given (seconds): a stalled rank stops the job after this long
+DEFAULT_TIMEOUT = 600.0
+
+
+class DistributedTimeout(TimeoutError):
+    """A collective waited longer than the process group's timeout: another rank is stopped, hung or far behind."""
+
+
+def init_from_torchrun(seed: int, backend: Optional[str] = None, device: Optional[str] = None,
+                       timeout: Optional[float] = DEFAULT_TIMEOUT) -> torch.device:
     """Start the process group from torchrun's environment; returns this process's device.
+
+    ``timeout`` (seconds, default :data:`DEFAULT_TIMEOUT`) is the process group's:
+    a collective (barrier, broadcast, DDP's all-reduce) that waits longer for a
+    stopped or hung rank raises instead of hanging (gloo's own default is 30
+    minutes); :func:`is_timeout` recognises the error. ``None``: torch's default.
 
     ``device`` is ``"cuda"`` or ``"cpu"`` (default: cuda when available); the
     backend defaults to nccl on cuda, gloo on cpu. Every rank's random number
@@ -49,10 +64,47 @@ def init_from_torchrun(seed: int, backend: Optional[str] = None, device: Optiona
     if use_cuda and int(os.environ["LOCAL_RANK"]) >= torch.cuda.device_count():
         raise RuntimeError(f"LOCAL_RANK {os.environ['LOCAL_RANK']} but only {torch.cuda.device_count()} GPUs visible: "
                            "use --nproc_per_node <= the number of GPUs")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"the process group's timeout must be a positive number of seconds, got {timeout}")
     if not DistributedHelper.is_distributed:
-        with _a_store_of_this_attempt():
+        with _a_store_of_this_attempt(), _with_timeout(timeout):
             DistributedHelper.init_distributed(seed, backend=backend, use_cuda=use_cuda)
     return DistributedHelper.make_device()
+
+
+@contextmanager
+def _with_timeout(timeout: Optional[float]):
+    """Within: Avalanche's ``init_process_group`` call gets ``timeout`` (its ``init_distributed`` passes none)."""
+    if timeout is None:
+        yield
+        return
+    from datetime import timedelta
+
+    from avalanche.distributed import distributed_helper
+    original = distributed_helper.init_process_group
+
+    def init_process_group(backend=None, **kwargs):
+        return original(backend=backend, timeout=timedelta(seconds=timeout), **kwargs)
+
+    distributed_helper.init_process_group = init_process_group
+    try:
+        yield
+    finally:
+        distributed_helper.init_process_group = original
+
+
+def is_timeout(err: BaseException) -> bool:
+    """Whether ``err`` is a collective's timeout (gloo: ``Timed out waiting ...``; NCCL's watchdog: ``Timeout``)."""
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
+def timeout_message(err: BaseException, timeout: float, option: str = "timeout") -> str:
+    """One line for a collective's timeout: which rank waited, how long, and what to do."""
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    return (f"rank {rank()} of {world_size()} waited more than {timeout:g} s ({option}) for the other processes: "
+            f"one of them is stopped, hung or far behind; the job stops (resume it with --resume once the cause is "
+            f"gone, or raise {option} if a rank legitimately works alone that long) [{first}]")
 
 
 @contextmanager

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from typing import List, Optional
 
 
 __all__ = ["restart_count", "job_id", "auto_resume", "written_by_this_job", "remove_unfinished_writes"]
 
-_NO_ID = ("", "none")         # torchrun's default --rdzv-id: the same for every job
+_NO_ID = ("", "none")
+_TEMPORARY = re.compile(r"^exp\d{3,}\.pt\.tmp-\d+$")         # torchrun's default --rdzv-id: the same for every job
 
 
 def restart_count() -> int:
@@ -69,7 +71,8 @@ def remove_unfinished_writes(directory: str) -> List[str]:
 
     Call it on rank 0 only, when nothing writes there (before a run resumes).
     """
-    leftovers = sorted(glob.glob(os.path.join(directory, "exp*.pt.tmp-*")))
+    leftovers = sorted(p for p in glob.glob(os.path.join(glob.escape(directory), "exp*.pt.tmp-*"))
+                       if _TEMPORARY.match(os.path.basename(p)))      # this package's temporaries only
     for path in leftovers:
         os.remove(path)
     return leftovers

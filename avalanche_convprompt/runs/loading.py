@@ -21,7 +21,10 @@ from typing import Dict, Optional
 import torch
 
 MAX_DEFAULT_WORKERS = 8
-"""Past about 8 decoding processes per GPU the step, not the loader, is the bottleneck (see README "Loading")."""
+"""Past about 8 decoding processes per GPU the step, not the loader, is the bottleneck.
+
+See docs/speed.md, "Loading the real benchmarks".
+"""
 
 
 def available_cpus() -> int:

@@ -114,13 +114,38 @@ def load_descriptors(name_or_path: str | os.PathLike) -> DescriptorSet:
             raise FileNotFoundError(
                 f"no descriptor file at {path!r}; pass an existing JSON file or one of the shipped sets: "
                 f"{', '.join(SHIPPED_SETS)}")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise ValueError(f"{label}: not UTF-8 text ({e.reason} at byte {e.start}, line {line}); save the "
+                             "file as UTF-8") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except _DuplicateKey as e:
+        raise ValueError(f"{label}: key {e.key!r} appears twice in one object (JSON would silently keep the "
+                         "last one); merge or remove the duplicate") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{label}: not valid JSON ({e})") from None
     return _parse(doc, label, path, default_dataset)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs: list) -> dict:
+    """A JSON object as a dict, refusing a key given twice (``json`` keeps the last one without a word)."""
+    doc = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _DuplicateKey(key)
+        doc[key] = value
+    return doc
 
 
 def _parse(doc: object, label: str, path: str | None, default_dataset: str) -> DescriptorSet:

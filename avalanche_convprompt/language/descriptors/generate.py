@@ -38,6 +38,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -278,8 +279,10 @@ def chat_completion(base_url: str, model: str, messages: Sequence[Mapping[str, s
                     api_key_env: str | None = None) -> str:
     """One ``POST {base_url}/chat/completions`` request; returns ``choices[0].message.content``.
 
-    ``timeout`` (seconds) bounds the connection and the whole answer.  Sends ``Authorization: Bearer``
-    only when ``api_key`` is given; ``temperature=None`` leaves the field out.  ``api_key_env`` only
+    ``timeout`` (seconds) is one wall-clock deadline for the whole request: connecting, the headers
+    and the whole body (a server that trickles bytes or sends an endless body is cut off at it, see
+    :class:`_Deadline`).  Sends ``Authorization: Bearer`` only when ``api_key`` is given;
+    ``temperature=None`` leaves the field out.  ``api_key_env`` only
     names the variable in error messages.  Raises :class:`EndpointError` (with ``retryable``) or
     :class:`UnusableAnswerError` (empty answer); messages never contain the key.
     """
@@ -298,45 +301,164 @@ def chat_completion(base_url: str, model: str, messages: Sequence[Mapping[str, s
         headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(_endpoint_url(base_url), data=json.dumps(payload).encode("utf-8"),
                                      headers=headers, method="POST")
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline(timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            chunks, size = [], 0
-            while True:
-                chunk = response.read(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > _MAX_RESPONSE_BYTES:
-                    raise EndpointError(f"malformed response from {url}: larger than "
-                                        f"{_MAX_RESPONSE_BYTES} bytes", retryable=True)
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-    except urllib.error.HTTPError as e:
-        raise _http_error(e, url, model, api_key_env, api_key) from None
+        with deadline:
+            body = _exchange(request, deadline, url, model, api_key_env, api_key)
+        if deadline.expired:                # the watchdog cut the connection: whatever came is incomplete
+            raise TimeoutError
+    except EndpointError:
+        if deadline.expired:
+            raise _timeout_error(url, timeout) from None
+        raise
     except (TimeoutError, socket.timeout):
-        raise EndpointError(f"no answer from {url} within the {timeout:g} s timeout", retryable=True) from None
+        raise _timeout_error(url, timeout) from None
     except urllib.error.URLError as e:
         reason = e.reason
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise EndpointError(f"no answer from {url} within the {timeout:g} s timeout",
-                                retryable=True) from None
+        if deadline.expired or isinstance(reason, (TimeoutError, socket.timeout)):
+            raise _timeout_error(url, timeout) from None
         raise EndpointError(
             f"cannot reach {shown_base} ({_one_line(_redact(str(reason), api_key))}): is the server running "
             "and the address right, and does the base URL include the API prefix "
             "(e.g. http://localhost:11434/v1)?", retryable=True) from None
-    except (ConnectionError, http.client.HTTPException, OSError) as e:
+    except (ConnectionError, http.client.HTTPException, OSError, ValueError) as e:
+        if deadline.expired:                # a read cut short by the watchdog, whatever it raised
+            raise _timeout_error(url, timeout) from None
+        if isinstance(e, ValueError):
+            raise
         raise EndpointError(f"connection to {url} failed ({type(e).__name__}: "
                             f"{_one_line(_redact(str(e), api_key))})", retryable=True) from None
-    return _message_content(b"".join(chunks), url, api_key)
+    return _message_content(body, url, api_key)
+
+
+def _timeout_error(url: str, timeout: float) -> EndpointError:
+    return EndpointError(f"no answer from {url} within the {timeout:g} s timeout (one deadline for the "
+                         "connection, the headers and the whole body)", retryable=True)
+
+
+def _exchange(request: urllib.request.Request, deadline: "_Deadline", url: str, model: str,
+              api_key_env: str | None, secret: str | None) -> bytes:
+    """Send ``request`` and read the whole answer (an HTTP error's body too) under ``deadline``."""
+    opener = urllib.request.build_opener(_DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
+    try:
+        response = opener.open(request, timeout=max(deadline.remaining(), 1e-3))
+    except urllib.error.HTTPError as e:
+        try:
+            raise _http_error(e, url, model, api_key_env, secret) from None
+        finally:
+            e.close()
+    with response:
+        chunks, size = [], 0
+        while True:
+            chunk = response.read(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _MAX_RESPONSE_BYTES:
+                raise EndpointError(f"malformed response from {url}: larger than "
+                                    f"{_MAX_RESPONSE_BYTES} bytes", retryable=True)
+            if deadline.remaining() <= 0:
+                raise TimeoutError
+
+
+class _Deadline:
+    """One wall-clock deadline for a whole request.
+
+    A socket timeout bounds each ``recv`` on its own, so a server that sends one byte
+    every half second (in the headers or the body, or an endless chunked body) would
+    keep a request alive forever. Here a timer shuts the request's sockets down when
+    the deadline passes, which ends any blocked read at once; :attr:`expired` then
+    tells the caller that what it read is incomplete. (Name resolution is not
+    interruptible; the TLS handshake is bounded by the socket timeout, which is at
+    most the time left when the connection opens.)
+    """
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def watch(self, sock) -> None:
+        """Cut ``sock`` at the deadline (the object itself: urllib drops the connection's reference to
+        it once the headers are in, while the response keeps reading from it)."""
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                self._shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock) -> None:
+        try:    # the plain socket's shutdown, also for an SSLSocket: no TLS state is touched from this thread
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except (OSError, ValueError):
+            pass
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._sockets.clear()
+
+
+class _WatchedConnections:
+    """``do_open`` of urllib's handlers with every connection registered with a :class:`_Deadline`."""
+
+    def __init__(self, deadline: _Deadline, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **http_conn_args):
+        deadline = self.deadline
+
+        def connection(*args, **kwargs):
+            conn = http_class(*args, **kwargs)
+            connect = conn.connect
+
+            def watched_connect():
+                conn.timeout = max(min(conn.timeout, deadline.remaining()), 1e-3)
+                connect()
+                deadline.watch(conn.sock)
+
+            conn.connect = watched_connect
+            return conn
+
+        return super().do_open(connection, req, **http_conn_args)
+
+
+class _DeadlineHTTPHandler(_WatchedConnections, urllib.request.HTTPHandler):
+    pass
+
+
+class _DeadlineHTTPSHandler(_WatchedConnections, urllib.request.HTTPSHandler):
+    pass
 
 
 # ------------------------------------------------------------------------------------------ parsing
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S | re.I)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)```", re.S)
-_BULLET = re.compile(r"^\s*(?:[-*\u2022\u2013\u2014+]|\(?\d{1,2}[.):]|\(?[a-hA-H][.)])\s+(.+?)\s*$")
+# A bullet's marker and the space after it; the item is the rest of the line, stripped. Possessive
+# quantifiers and no lazy group before an anchor: one pass over the line, whatever its spaces.
+_BULLET = re.compile(r"\s*+(?:[-*\u2022\u2013\u2014+]|\(?\d{1,2}[.):]|\(?[a-hA-H][.)])\s++(?=\S)")
+#: JSON starts tried per block without finding strings before the block is given up: each parse can
+#: read to the block's end, so this bound keeps the JSON search linear in the answer's size.
+_MAX_FRUITLESS_JSON_STARTS = 16
 _LIST_KEYS = ("descriptors", "visual_descriptors", "attributes", "visual_attributes", "features",
               "visual_features", "characteristics", "items", "list")
 _STRIP_EDGES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb"
@@ -370,17 +492,27 @@ def _strings_in(value: object, depth: int = 0) -> list[str] | None:
 
 
 def _json_candidates(text: str) -> list[list[str]]:
+    """The first JSON value holding strings in each fenced block, then in the whole text.
+
+    Each ``[`` or ``{`` is tried in turn, as a JSON value's start. Linear in the text's size: a
+    block is given up after ``_MAX_FRUITLESS_JSON_STARTS`` starts that gave nothing (a parse may
+    read to the block's end before failing; ``[[[[...`` fails on the recursion limit).
+    """
     candidates: list[list[str]] = []
     blocks = [m.group(2) for m in _FENCE.finditer(text)] + [text]
     decoder = json.JSONDecoder()
     for block in blocks:
         block = block.strip()
-        for start in [0] + [i for i, c in enumerate(block) if c in "[{" and i > 0]:
-            if block[start:start + 1] not in ("[", "{"):
-                continue
+        position = 0
+        for _ in range(_MAX_FRUITLESS_JSON_STARTS):
+            starts = [i for i in (block.find("[", position), block.find("{", position)) if i >= 0]
+            if not starts:
+                break
+            start = min(starts)
+            position = start + 1
             try:
                 value, _ = decoder.raw_decode(block, start)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
             found = _strings_in(value)
             if found:
@@ -394,7 +526,7 @@ def _bullet_candidate(text: str) -> list[str]:
     for line in text.splitlines():
         m = _BULLET.match(line)
         if m:
-            items.append(m.group(1))
+            items.append(line[m.end():].strip())
     return items
 
 
@@ -669,7 +801,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="environment variable holding the API key (default: %(default)s; optional for "
                         "local servers). The key itself is never accepted on the command line")
     p.add_argument("--dataset", help="dataset name for the file and the prompt (default: output file stem)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds per request, one deadline for connecting, the headers and the whole "
+                        "answer (default: %(default)s)")
     p.add_argument("--retries", type=int, default=4, help="retries per class (default: %(default)s)")
     p.add_argument("--backoff", type=float, default=2.0,
                    help="first back-off wait in seconds, doubled each retry (default: %(default)s)")

@@ -41,6 +41,8 @@ class CodaPrompt(QueryPromptTemplate):
     """
 
     default_lr_schedule = "cosine"
+    #: the reference's classifier is a plain ``nn.Linear`` (GT-RIPL/CODA-Prompt, ``models/zoo.py``)
+    head_init = "torch_default"
 
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                  prompt_layers: Sequence[int] = (0, 1, 2, 3, 4), components_per_task: int = 10,

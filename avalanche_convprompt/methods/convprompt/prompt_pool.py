@@ -58,7 +58,7 @@ class ConvPromptPool(nn.Module):
         prompt_length: ``L``, prefix tokens per head and side.
         kernel_size: ``k`` of every generator.
         train_keys: whether the newest task's keys train. The reference
-            implementation's keys never train (its optimiser is built before
+            implementation's keys never train (its optimizer is built before
             they exist), so they keep their orthonormal start; the published
             numbers come from that. ``True`` trains them as the paper's text says.
     """
@@ -150,9 +150,16 @@ class ConvPromptPool(nn.Module):
         self.conv_biases.append(nn.Parameter(bias))
         self.keys.append(nn.Parameter(orthonormal_complement(old_keys, n), requires_grad=self.train_keys))
 
+    def freeze_generators(self) -> None:
+        """Freeze every generator and key: a task that got no generators of its own trains none."""
+        for group in (self.conv_weights, self.conv_biases, self.keys):
+            for p in group:
+                p.requires_grad_(False)
+
     def current_task_parameters(self) -> List[nn.Parameter]:
-        """Generators of the newest task, and its keys when ``train_keys`` (the ones that train now)."""
-        if not len(self.keys):
+        """Generators of the newest task, and its keys when ``train_keys`` (the ones that train now);
+        none after :meth:`freeze_generators`."""
+        if not len(self.keys) or not self.conv_weights[-1].requires_grad:
             return []
         return [self.conv_weights[-1], self.conv_biases[-1]] + ([self.keys[-1]] if self.train_keys else [])
 

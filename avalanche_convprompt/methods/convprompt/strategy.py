@@ -1,6 +1,7 @@
 """ConvPrompt (Roy et al., CVPR 2024) as an Avalanche strategy.
 
-The recipe, per experience ``t`` (see ``../shared/spec/convprompt.md``):
+The recipe, per experience ``t`` (Roy et al., CVPR 2024, and its reference
+implementation, CVIR/ConvPrompt):
 
 * the expansion plugin adds ``n_t`` generators (old ones freeze; the new keys
   start orthonormal to all earlier ones and, as in the reference run, stay
@@ -15,7 +16,9 @@ The recipe, per experience ``t`` (see ``../shared/spec/convprompt.md``):
   their values when the experience began (a batch that also holds earlier
   classes, e.g. from Avalanche's ``ReplayPlugin``, gets cross-entropy over all
   seen classes instead: see :mod:`~avalanche_convprompt.methods.template`);
-* cosine decay of every group's rate to 0 over the experience, clipping at 1.0.
+* every group's rate follows ``CosineAnnealingLR(T_max=epochs)`` stepped once
+  per epoch (``lr_schedule="epoch_cosine"``: the first epoch at the full rate),
+  clipping at 1.0 (the reference turns clipping off on ImageNet-R).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
 from ...models.classifier import PromptedClassifier
 from ...models.prompted_vit import PromptedViT
 from ...plugins.expansion import FixedAllocation, PromptExpansionPlugin
+from ..idioms import gdumb_plugin
 from ..short_schedule import warn_if_short_schedule
 from ..template import PromptedViTTemplate, build_prompted_classifier
 from .prompt_pool import ConvPromptPool
@@ -69,7 +73,9 @@ class ConvPrompt(PromptedViTTemplate):
     """ConvPrompt: convolutional prompt generators over a frozen timm ViT.
 
     Args:
-        backbone: timm model name or ``VisionTransformer`` instance.
+        backbone: timm model name, ``"offline"`` (the shipped small ViT) or a
+            ``VisionTransformer`` instance, which is copied: the object passed
+            is never modified (this method trains the copy's LayerNorms).
         pretrained: load timm's pretrained weights (names only).
         prompt_layers: prompted blocks; default (``None``) the first
             ``ceil(7 x depth / 12)`` blocks (:func:`default_prompt_layers`): the
@@ -79,7 +85,10 @@ class ConvPrompt(PromptedViTTemplate):
         kernel_size: generator kernel ``k`` (paper: 17).
         generators_per_task: ``n_max`` of the default fixed allocation (paper: 5).
         drift_penalty: ``lambda`` of the L1 drift terms (paper: 0.01).
-        clip_grad_norm: gradient clipping norm (paper: 1.0).
+        clip_grad_norm: gradient clipping norm (reference: 1.0 on CIFAR-100 and
+            CUB-200, ``None`` on ImageNet-R).
+        lr_schedule: default ``"epoch_cosine"``, the reference's
+            (see :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`).
         lr: learning rate; default ``0.005 * train_mb_size / 256``, the paper's
             rule, tuned for 190-1,500 iterations per experience: when an
             experience is much shorter (``lr x iterations < 0.1``) a
@@ -98,6 +107,8 @@ class ConvPrompt(PromptedViTTemplate):
         ``eval_mb_size``, ``device``, ``plugins``, ``evaluator``, ``eval_every``).
     """
 
+    default_lr_schedule = "epoch_cosine"
+
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                  prompt_layers: Optional[Sequence[int]] = None, prompt_length: int = 20, kernel_size: int = 17,
                  generators_per_task: int = 5, drift_penalty: float = 0.01, clip_grad_norm: Optional[float] = 1.0,
@@ -111,6 +122,9 @@ class ConvPrompt(PromptedViTTemplate):
         plugins = list(plugins or [])
         if not any(isinstance(p, PromptExpansionPlugin) for p in plugins):
             plugins.append(PromptExpansionPlugin(allocation or FixedAllocation(generators_per_task)))
+        # a GDumbPlugin resets the model first, so that the generators are added to the model that trains
+        if gdumb_plugin(plugins) is not None:
+            plugins.sort(key=lambda p: isinstance(p, PromptExpansionPlugin))
         self.drift_penalty = drift_penalty
         # the paper's rate rule is in charge (nothing the user passed sets the rate): the short-schedule check applies
         self.lr_from_rule = lr is None and kwargs.get("optimizer") is None and kwargs.get("optimizer_factory") is None
@@ -129,13 +143,12 @@ class ConvPrompt(PromptedViTTemplate):
 
     def trainable_groups(self) -> List[Dict]:
         pool = self.prompt_pool
-        if len(pool.keys) != len(self.net.heads):
-            raise RuntimeError(
-                f"{len(pool.keys)} generator tasks for {len(self.net.heads)} heads: the PromptExpansionPlugin "
-                "must add generators at the start of every experience")
+        if not pool.ready:
+            raise RuntimeError("the prompt pool has no generators: the PromptExpansionPlugin must add them at the "
+                               "start of the first experience")
         return [
             {"params": pool.current_task_parameters() + pool.shared_parameters(), "lr": self.lr},
-            {"params": list(self.net.heads.heads[-1].parameters()), "lr": self.lr},
+            {"params": [p for h in self.training_heads() for p in h.parameters()], "lr": self.lr},
             {"params": self.net.norm_parameters(), "lr": self.norm_lr()},
         ]
 
@@ -146,7 +159,8 @@ class ConvPrompt(PromptedViTTemplate):
 
     def make_optimizer(self, **kwargs):
         super().make_optimizer(**kwargs)
-        self._drift_anchor = [p.detach().clone() for p in self.prompt_pool.shared_parameters()]
+        if not (self.continues_task() and self._drift_anchor):     # a continued task keeps its task's anchor
+            self._drift_anchor = [p.detach().clone() for p in self.prompt_pool.shared_parameters()]
 
     def drift_loss(self) -> Tensor:
         """``|E - E_start|_1 + |M - M_start|_1`` (0 in the first experience)."""

@@ -12,8 +12,12 @@ Rehearsal-free Continual Learning", ECCV 2022).
   test protocol instead: the E-prompt most samples of the test batch pick
   serves all of them (a single-task test batch leaks its task that way; an
   option for reproducing published numbers, never the default).
-* ``shared_prompt_pool=True`` (the reference protocol): the E-prompt and key of
-  a new experience start as copies of the previous experience's, not at random.
+* ``shared_prompt_pool=True`` (the reference protocol): the E-prompt of a new
+  experience starts as a copy of the previous experience's, not at random; its
+  key starts fresh, as in the reference (JH-LEE-KR/dualprompt-pytorch,
+  ``configs/*_dualprompt.py``: ``shared_prompt_key`` False).
+  ``shared_prompt_key=True`` copies the key too (an option the reference has and
+  does not use).
 
 Prefix-tuning: a prompt of length ``L`` holds ``L`` key tokens and ``L`` value
 tokens per layer, split into heads by :func:`~avalanche_convprompt.models.prompt_plan.split_heads`.
@@ -44,17 +48,19 @@ class DualPromptPool(nn.Module):
         g_layers, e_layers: disjoint block indices.
         g_length, e_length: prefix lengths.
         selection: test-time E-prompt choice, ``"per_sample"`` (default) or ``"batch_vote"``.
-        shared_prompt_pool: start each new E-prompt and key as copies of the previous ones.
+        shared_prompt_pool: start each new E-prompt as a copy of the previous one.
+        shared_prompt_key: start each new key as a copy of the previous one too.
     """
 
     needs_query = True
 
     def __init__(self, embed_dim: int, num_heads: int, g_layers: Sequence[int] = (0, 1),
                  e_layers: Sequence[int] = (2, 3, 4), g_length: int = 5, e_length: int = 20,
-                 selection: str = "per_sample", shared_prompt_pool: bool = False):
+                 selection: str = "per_sample", shared_prompt_pool: bool = False, shared_prompt_key: bool = False):
         super().__init__()
         self.selection = check_selection(selection)
         self.shared_prompt_pool = bool(shared_prompt_pool)
+        self.shared_prompt_key = bool(shared_prompt_key)
         self.g_layers = tuple(int(i) for i in g_layers)
         self.e_layers = tuple(int(i) for i in e_layers)
         if set(self.g_layers) & set(self.e_layers):
@@ -86,18 +92,17 @@ class DualPromptPool(nn.Module):
     def grow(self) -> None:
         """Add the E-prompt and key of a new experience; freeze the earlier ones.
 
-        They start at random, or (``shared_prompt_pool``) as copies of the
-        previous experience's.
+        Each starts at random, or as a copy of the previous experience's
+        (the E-prompt with ``shared_prompt_pool``, the key with ``shared_prompt_key``).
         """
         for p in [*self.e_prompts, *self.e_keys]:
             p.requires_grad_(False)
-        if self.shared_prompt_pool and self.num_tasks:
-            prompt, key = self.e_prompts[-1].detach().clone(), self.e_keys[-1].detach().clone()
-        else:
-            ref = self.e_keys[0] if len(self.e_keys) else (self.g_prompt if self.g_prompt is not None else None)
-            kw = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
-            prompt = uniform_((len(self.e_layers), 2, self.e_length, self.embed_dim), **kw)
-            key = uniform_((self.embed_dim,), **kw)
+        ref = self.e_keys[0] if len(self.e_keys) else (self.g_prompt if self.g_prompt is not None else None)
+        kw = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
+        prompt = self.e_prompts[-1].detach().clone() if self.shared_prompt_pool and self.num_tasks else \
+            uniform_((len(self.e_layers), 2, self.e_length, self.embed_dim), **kw)
+        key = self.e_keys[-1].detach().clone() if self.shared_prompt_key and self.num_tasks else \
+            uniform_((self.embed_dim,), **kw)
         self.e_prompts.append(nn.Parameter(prompt))
         self.e_keys.append(nn.Parameter(key))
 

@@ -38,8 +38,10 @@ class DualPrompt(QueryPromptTemplate):
         selection: test-time E-prompt choice, ``"per_sample"`` (default) or
             ``"batch_vote"`` (the reference port's CIFAR-100 protocol; leaks the
             task of single-task test batches).
-        shared_prompt_pool: start each new E-prompt and key as copies of the
-            previous experience's (the reference protocol turns it on).
+        shared_prompt_pool: start each new E-prompt as a copy of the previous
+            experience's (the reference protocol turns it on; the key starts fresh).
+        shared_prompt_key: start each new key as a copy of the previous one too
+            (off in the reference protocol).
         Others: as ``SupervisedTemplate``.
     """
 
@@ -50,6 +52,7 @@ class DualPrompt(QueryPromptTemplate):
                  e_length: int = 20, matching_weight: float = 1.0, lr: Optional[float] = None,
                  base_lr: float = 0.005, lr_schedule: Optional[str] = None, clip_grad_norm: Optional[float] = 1.0,
                  normalize_inputs: bool = False, selection: str = "per_sample", shared_prompt_pool: bool = False,
+                 shared_prompt_key: bool = False,
                  train_mb_size: int = 128, train_epochs: int = 5,
                  eval_mb_size: Optional[int] = None, device=None, plugins: Optional[Sequence] = None,
                  evaluator=default_evaluator, eval_every: int = -1, **kwargs):
@@ -57,7 +60,8 @@ class DualPrompt(QueryPromptTemplate):
             backbone=backbone, pretrained=pretrained, normalize_inputs=normalize_inputs,
             make_prompt_module=lambda vit: DualPromptPool(vit.embed_dim, vit.num_heads, g_layers, e_layers,
                                                           g_length, e_length, selection=selection,
-                                                          shared_prompt_pool=shared_prompt_pool),
+                                                          shared_prompt_pool=shared_prompt_pool,
+                                                          shared_prompt_key=shared_prompt_key),
             matching_weight=matching_weight, lr=lr, base_lr=base_lr,
             lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
             train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,

@@ -33,17 +33,22 @@ class JointTraining(PromptedViTTemplate):
 
     #: Tells reports that the accuracy matrix has a single row and forgetting is undefined.
     is_joint = True
+    #: ConvPrompt's schedule (its reference's per-epoch cosine), as every other setting of this bound
+    default_lr_schedule = "epoch_cosine"
 
     def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
                  lr: Optional[float] = None, clip_grad_norm: Optional[float] = 1.0, normalize_inputs: bool = False,
                  train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
+        if kwargs.pop("cross_entropy_over", "seen") != "seen":
+            raise ValueError("JointTraining always trains over every class of the stream (cross_entropy_over='seen')")
         model = build_prompted_classifier(backbone, pretrained, None, normalize_inputs=normalize_inputs)
         self._joint_experiences: Optional[List] = None
         super().__init__(model=model, lr=lr, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
                          train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins,
                          evaluator=evaluator, eval_every=eval_every, **kwargs)
+        self.cross_entropy_over = "seen"      # what its loss covers (the one-class warning reads it)
 
     def train(self, experiences, eval_streams=None, **kwargs):
         """Train once on the concatenation of ``experiences`` (a stream, a list or one experience)."""
@@ -54,6 +59,13 @@ class JointTraining(PromptedViTTemplate):
             raise ValueError("JointTraining got no experiences")
         self._joint_experiences = exps
         return super().train(exps[0], eval_streams=eval_streams, **kwargs)
+
+    def check_plugins(self) -> None:
+        """GDumb would replace the whole stream by its buffer of the first experience: refused."""
+        super().check_plugins()
+        if self.gdumb() is not None:
+            raise ValueError("JointTraining trains once on the whole stream; a GDumbPlugin would replace that data "
+                             "by its buffer of the first experience: leave GDumbPlugin out of JointTraining")
 
     def train_dataset_adaptation(self, **kwargs):
         """All experiences' training data as one dataset."""
