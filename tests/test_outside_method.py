@@ -34,12 +34,14 @@ class SharedPrefix(nn.Module):
     needs_query = False          # prompts come inside the single forward pass, no query pass
     ready = True                 # prompts exist from the start
 
-    def __init__(self, prompt_layers: Sequence[int], num_heads: int, head_dim: int, prompt_length: int = 4):
+    def __init__(self, prompt_layers: Sequence[int], num_heads: int, head_dim: int, prompt_length: int = 4,
+                 init_scale: float = 0.02):
         super().__init__()
         self.prompt_layers = tuple(prompt_layers)
         self.prompt_length = prompt_length
+        self.init_scale = init_scale          # a setting of this method only: its Method declares it for records
         # (layers, key/value, heads, L, Dh)
-        self.prefix = nn.Parameter(0.02 * torch.randn(len(self.prompt_layers), 2, num_heads, prompt_length, head_dim))
+        self.prefix = nn.Parameter(init_scale * torch.randn(len(self.prompt_layers), 2, num_heads, prompt_length, head_dim))
 
     def prompter(self):
         def prefixes(layer: int, cls_token: Tensor):
@@ -72,7 +74,7 @@ class SharedPrefixStrategy(PromptedViTTemplate):
 
 SHARED_PREFIX = Method("shared_prefix", "Shared prefix", SharedPrefixStrategy,
                        offline=dict(prompt_layers=(0, 1, 2, 3), prompt_length=4),
-                       prompt_settings=("prompt_layers", "prompt_length"))
+                       prompt_settings=("prompt_layers", "prompt_length"), record_settings=("init_scale",))
 
 
 @pytest.fixture
@@ -93,6 +95,24 @@ def test_registration_adds_the_method_and_refuses_clashes(registered):
         Method("x", "X", SharedPrefixStrategy, accepts=("replay",))
     with pytest.raises(ValueError, match="names files"):
         Method("a/b", "X", SharedPrefixStrategy)
+
+
+def test_records_keep_the_settings_each_method_declares(registered):
+    """resolved_recipe reads the declared settings from the strategy or its prompt module, a subclass's too."""
+    from avalanche_convprompt.methods import resolved_recipe
+
+    class Subclass(SharedPrefixStrategy):
+        pass
+
+    for cls in (SharedPrefixStrategy, Subclass):
+        recipe = resolved_recipe(cls(backbone=tiny_vit(), prompt_layers=(0,), prompt_length=3, device="cpu",
+                                     evaluator=None))
+        assert (recipe["prompt_layers"], recipe["prompt_length"], recipe["init_scale"]) == ([0], 3, 0.02)
+    register_method(Method(SHARED_PREFIX.name, SHARED_PREFIX.label, SharedPrefixStrategy,
+                           record_settings=("init_scael",)), replace=True)
+    with pytest.raises(AttributeError, match=r"method 'shared_prefix' declares the setting 'init_scael' .*neither "
+                                             r"SharedPrefixStrategy nor its prompt module SharedPrefix has"):
+        resolved_recipe(SharedPrefixStrategy(backbone=tiny_vit(), device="cpu", evaluator=None))
 
 
 def test_an_unregistered_method_is_a_clear_error():
@@ -156,6 +176,10 @@ def test_runner_trains_it_next_to_convprompt_and_reports_both(tmp_path):
     assert prefix["label"] == "Shared prefix"
     assert prefix["config"]["recipe"]["prompt_module"] == "SharedPrefix"
     assert prefix["config"]["recipe"]["prompt_layers"] == [0, 1, 2, 3]            # its offline settings were used
+    assert prefix["config"]["recipe"]["prompt_length"] == 4                        # Method.prompt_settings
+    assert prefix["config"]["recipe"]["init_scale"] == 0.02                        # Method.record_settings
+    assert "kernel_size" in records["convprompt"]["config"]["recipe"]              # each method its own settings
+    assert "kernel_size" not in prefix["config"]["recipe"]
     assert prefix["average_accuracy"] > 100 / 8 + 10      # 2 experiences x 4 classes: well above chance (12.5%)
     assert len(prefix["accuracy_matrix"]) == 2 and len(records["convprompt"]["accuracy_matrix"]) == 2
     table = (out / "results.md").read_text()

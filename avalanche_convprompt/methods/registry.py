@@ -107,6 +107,10 @@ class Method:
         continual: ``False`` for a method trained once on the whole stream (joint training).
         accepts: which of :data:`RUNNER_OPTIONS` the strategy takes as keyword arguments.
         prompt_settings: the prompt-size arguments the recipe table shows, in order.
+        record_settings: further settings of this method that run records and checkpoints keep, beside the
+            ``prompt_settings`` and the template's own (rate, schedule, clipping, epochs, batches, precision,
+            heads, ``prompt_layers``): attribute names of the strategy or, failing that, of its prompt
+            module (see :func:`resolved_recipe`).
         grow: what the method's plugins add to the network when an experience starts, for tools
             that grow a model without training it (the parameter table, the speed comparison);
             called as ``grow(strategy)`` after the new head and ``strategy.grow_prompts``.
@@ -121,6 +125,7 @@ class Method:
     continual: bool = True
     accepts: Tuple[str, ...] = ()
     prompt_settings: Tuple[str, ...] = ()
+    record_settings: Tuple[str, ...] = ()
     grow: Optional[Callable] = None
 
     def __post_init__(self):
@@ -220,31 +225,52 @@ def build_strategy(name: str, protocol: str, allocation=None, **common):
     return method.strategy(**{**kwargs, **common})
 
 
-_MODULE_SETTINGS = ("prompt_layers", "prompt_length", "kernel_size", "train_keys", "pool_size", "top_k", "g_layers",
-                    "e_layers", "g_length", "e_length", "components_per_task", "selection", "shared_prompt_pool",
-                    "shared_prompt_key")
-_STRATEGY_SETTINGS = ("lr", "lr_schedule", "clip_grad_norm", "norm_lr_scale", "freeze_old_heads", "train_epochs",
-                      "train_mb_size", "eval_mb_size", "matching_weight", "drift_penalty", "orthogonality_penalty",
-                      "precision")
+#: Settings every strategy of the template has (read from the strategy when present).
+_TEMPLATE_SETTINGS = ("lr", "lr_schedule", "clip_grad_norm", "norm_lr_scale", "freeze_old_heads", "train_epochs",
+                      "train_mb_size", "eval_mb_size", "matching_weight", "precision")
+
+
+def method_of(strategy) -> Optional[Method]:
+    """The registered :class:`Method` whose strategy class is ``strategy``'s (or its nearest base); None if none."""
+    for cls in type(strategy).__mro__:
+        for method in METHODS.values():
+            if method.strategy is cls:
+                return method
+    return None
 
 
 def resolved_recipe(strategy) -> Dict:
-    """Every setting a built strategy trains with, read back from it (for run records).
+    """Every setting a built strategy trains with, read back from it (for run records and checkpoints).
 
-    The rate as resolved (``lr``, after batch scaling), schedule, clipping,
-    epochs, batches, loss weights, the precision (``"32"``, ``"bf16"``, ``"16"``),
-    the prompt module's sizes and selection, and ConvPrompt's allocation policy.
+    The template's settings (the rate as resolved, ``lr`` after batch scaling;
+    schedule, clipping, epochs, batches, precision, heads, the prompted
+    layers), then the settings its registered :class:`Method` declares
+    (``prompt_settings`` and ``record_settings``), each read from the strategy
+    or else from its prompt module, and ConvPrompt's allocation policy. A
+    declared setting that neither has is an error, never a silently missing
+    entry. A strategy of no registered method records the template's settings.
     """
     def plain(v):
         return list(v) if isinstance(v, tuple) else v
 
-    recipe = {k: plain(getattr(strategy, k)) for k in _STRATEGY_SETTINGS if hasattr(strategy, k)}
+    recipe = {k: plain(getattr(strategy, k)) for k in _TEMPLATE_SETTINGS if hasattr(strategy, k)}
     net = unwrap(strategy.model)
     module = net.prompt_module
     recipe["prompt_module"] = None if module is None else type(module).__name__
-    for k in _MODULE_SETTINGS:
-        if module is not None and hasattr(module, k):
+    if module is not None and hasattr(module, "prompt_layers"):
+        recipe["prompt_layers"] = plain(module.prompt_layers)
+    method = method_of(strategy)
+    declared = () if method is None else tuple(dict.fromkeys(method.prompt_settings + method.record_settings))
+    for k in declared:
+        if hasattr(strategy, k):
+            recipe[k] = plain(getattr(strategy, k))
+        elif module is not None and hasattr(module, k):
             recipe[k] = plain(getattr(module, k))
+        else:
+            raise AttributeError(f"method {method.name!r} declares the setting {k!r} (Method.prompt_settings or "
+                                 f"record_settings), but neither {type(strategy).__name__} nor its prompt module "
+                                 f"{recipe['prompt_module']} has an attribute {k!r}; store it on one of them or "
+                                 "drop it from the declaration")
     recipe["head_init"] = net.heads.init
     recipe["drop_last"] = getattr(strategy, "drop_last", False)
     recipe["normalize_inputs"] = net.input_mean is not None

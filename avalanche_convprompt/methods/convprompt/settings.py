@@ -65,4 +65,5 @@ def add_generators(strategy) -> None:
 METHOD = Method("convprompt", "ConvPrompt", ConvPrompt, offline=OFFLINE, reference=REFERENCE,
                 accepts=("allocation", "train_keys"),
                 prompt_settings=("prompt_layers", "prompt_length", "kernel_size", "train_keys"),
+                record_settings=("drift_penalty",),
                 grow=add_generators)

@@ -37,4 +37,5 @@ REFERENCE = {
 }
 
 METHOD = Method("dualprompt", "DualPrompt", DualPrompt, reference=REFERENCE, accepts=("selection",),
-                prompt_settings=("g_length", "e_length", "shared_prompt_pool"))
+                prompt_settings=("g_length", "e_length", "shared_prompt_pool"),
+                record_settings=("g_layers", "e_layers", "selection", "shared_prompt_key"))

@@ -34,4 +34,4 @@ REFERENCE = {
 }
 
 METHOD = Method("l2p", "L2P", L2P, reference=REFERENCE, accepts=("selection",),
-                prompt_settings=("pool_size", "prompt_length", "top_k"))
+                prompt_settings=("pool_size", "prompt_length", "top_k"), record_settings=("selection",))
