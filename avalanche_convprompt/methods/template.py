@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..data.experiences import _unique_ints, experience_classes, experience_task_labels
 from ..models.classifier import PromptedClassifier
 from ..models.compilation import compile_backend
+from ..models.backbones import CONVPROMPT_BACKBONE
 from ..models.heads import UNKNOWN_TASK
 from ..models.prompted_vit import PromptedViT, input_statistics, resolve_backbone
 from ..runs.distributed import unwrap
@@ -101,11 +102,19 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
     Keyword-only arguments (Avalanche wraps ``__init__`` and requires it):
 
     Args:
-        model: the :class:`PromptedClassifier` to train.
+        model: the :class:`PromptedClassifier` to train; ``None`` (for a
+            strategy that builds its own network): :meth:`build_network`
+            builds it from ``backbone``, ``pretrained`` and ``normalize_inputs``.
+        backbone: the timm model name or ``VisionTransformer`` the network is
+            built around, without ``model``; ``None``: :attr:`default_backbone`.
+        pretrained: load timm's weights for a name, without ``model``.
+        normalize_inputs: normalise inputs with the backbone's mean/std inside
+            the network, without ``model``.
         lr: base learning rate; ``None`` means ``base_lr * train_mb_size / 256``
             (or the rate ``optimizer`` was built with).
         base_lr: the rate for a batch of 256 when ``lr`` is ``None`` (ignored
-            with ``optimizer``).
+            with ``optimizer``); ``None``: the method's default
+            (:attr:`default_base_lr`, 0.005 here).
         norm_lr_scale: factor on ``lr`` for the backbone LayerNorms from the
             second experience on.
         clip_grad_norm: max global gradient norm over the optimised parameters
@@ -158,6 +167,8 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
             one-class experience then learns against the earlier heads'
             frozen logits, at the price of a bias towards the newest classes).
             Class-incremental only.
+        train_epochs: epochs per experience; ``None``: the method's default
+            (:attr:`default_train_epochs`, 10 here).
         The remaining arguments are ``SupervisedTemplate``'s; an Avalanche
         ``LRSchedulerPlugin`` in ``plugins`` (or added later), built on
         ``strategy.optimizer`` or on ``optimizer``, owns the schedule instead.
@@ -165,26 +176,47 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
     The rule (one optimizer object for the strategy's life, refilled and with
     its state emptied at every experience; one owner of the schedule) and the
     refused combinations are in :mod:`~avalanche_convprompt.methods.optimisation`.
+
+    A strategy whose defaults differ declares them as class attributes
+    (:attr:`default_lr_schedule`, :attr:`default_base_lr`,
+    :attr:`default_train_epochs`, :attr:`default_backbone`), read when the
+    caller leaves the argument out, so its ``__init__`` takes only its own
+    arguments and passes the rest on in ``**kwargs``.
     """
 
     #: the schedule used when ``lr_schedule`` is not given
     default_lr_schedule = "cosine"
+    #: the rate per 256 images used when neither ``lr`` nor ``base_lr`` is given
+    default_base_lr = 0.005
+    #: the epochs per experience used when ``train_epochs`` is not given
+    default_train_epochs = 10
+    #: the timm ViT a strategy that builds its own network starts from when ``backbone`` is not given
+    default_backbone = CONVPROMPT_BACKBONE
 
     def __new__(cls, *args, **kwargs):
         """Refuse positional arguments, ``model=`` and a criterion it would ignore, before anything is built."""
         check_constructor_call(cls, args, kwargs)
         return super().__new__(cls)
 
-    def __init__(self, *, model: PromptedClassifier, lr: Optional[float] = None, base_lr: float = 0.005,
+    def __init__(self, *, model: Optional[PromptedClassifier] = None,
+                 backbone: Union[str, VisionTransformer, None] = None, pretrained: bool = True,
+                 normalize_inputs: bool = False, lr: Optional[float] = None, base_lr: Optional[float] = None,
                  norm_lr_scale: float = 0.005, clip_grad_norm: Optional[float] = 1.0, freeze_old_heads: bool = True,
                  lr_schedule: Optional[str] = None, optimizer: Optional[torch.optim.Optimizer] = None,
                  optimizer_factory: Optional[OptimizerFactory] = None,
                  scheduler_factory: Optional[SchedulerFactory] = None, task_incremental: bool = False,
                  precision: Union[str, int] = "32", compile: bool = False, drop_last: bool = False,
                  criterion: Optional[nn.Module] = None, cross_entropy_over: str = "current",
-                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
+                 train_mb_size: int = 128, train_epochs: Optional[int] = None, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
+        if model is None:
+            model = self.build_network(self.default_backbone if backbone is None else backbone, pretrained,
+                                       normalize_inputs)
+        elif backbone is not None:
+            raise TypeError(f"{type(self).__name__} got both model= and backbone=: pass one of them")
+        base_lr = self.default_base_lr if base_lr is None else base_lr
+        train_epochs = self.default_train_epochs if train_epochs is None else train_epochs
         backend = compile_backend(compile)          # refuses a non-bool, or True where torch.compile cannot run
         check_criterion(type(self).__name__, criterion)
         if cross_entropy_over not in CROSS_ENTROPY_OVER:
@@ -230,6 +262,13 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
                          eval_mb_size=eval_mb_size or train_mb_size, device=device, plugins=plugins,
                          evaluator=evaluator, eval_every=eval_every, **kwargs)
         self.check_schedule_owner()
+
+    def build_network(self, backbone: Union[str, VisionTransformer], pretrained: bool,
+                      normalize_inputs: bool) -> PromptedClassifier:
+        """The network of a strategy built without ``model=`` (a subclass that builds its own overrides this)."""
+        raise TypeError(f"{type(self).__name__} needs model= (a PromptedClassifier, e.g. from "
+                        "build_prompted_classifier), or must override build_network(backbone, pretrained, "
+                        "normalize_inputs)")
 
     # ------------------------------------------------------------- bookkeeping
     @property
@@ -370,19 +409,26 @@ class QueryPromptTemplate(PromptedViTTemplate):
     ``matching_weight`` x the prompt plan's key-matching loss plus
     :meth:`extra_loss` (replayed samples of earlier classes: see the module
     docstring). Heads start as :attr:`head_init` says (the method's reference).
-    Other arguments are :class:`PromptedViTTemplate`'s.
+    ``backbone`` (default :attr:`default_backbone`), ``pretrained`` (default
+    ``True``) and ``normalize_inputs`` (default ``False``) are as
+    :func:`build_prompted_classifier`'s. Other arguments are
+    :class:`PromptedViTTemplate`'s.
     """
 
     #: how each head's ``Linear`` starts (L2P's and DualPrompt's references: timm's ``trunc_normal_(std=.02)``)
     head_init = "trunc_normal"
 
-    def __init__(self, *, backbone: Union[str, VisionTransformer], pretrained: bool,
-                 make_prompt_module: Callable[[PromptedViT], nn.Module], normalize_inputs: bool = False,
-                 matching_weight: float = 0.0, **template_kwargs):
-        model = build_prompted_classifier(backbone, pretrained, make_prompt_module, normalize_inputs=normalize_inputs,
-                                          train_norms=False, head_norm=False, head_init=self.head_init)
+    def __init__(self, *, make_prompt_module: Callable[[PromptedViT], nn.Module], matching_weight: float = 0.0,
+                 **template_kwargs):
+        self._make_prompt_module = make_prompt_module
         self.matching_weight = matching_weight
-        super().__init__(model=model, **template_kwargs)
+        super().__init__(**template_kwargs)
+
+    def build_network(self, backbone: Union[str, VisionTransformer], pretrained: bool,
+                      normalize_inputs: bool) -> PromptedClassifier:
+        return build_prompted_classifier(backbone, pretrained, self._make_prompt_module,
+                                         normalize_inputs=normalize_inputs, train_norms=False, head_norm=False,
+                                         head_init=self.head_init)
 
     @property
     def prompt_pool(self):
