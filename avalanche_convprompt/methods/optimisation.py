@@ -25,15 +25,22 @@ The rule :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate` app
   group keeps ``norm_lr_scale`` under any scheduler.
 
 Combinations that cannot work raise ``ValueError`` saying what to pass instead.
+
+:class:`OptimizerSteps` is the template's side of the rule (filling the optimizer at every
+experience, the update with its clipping and finiteness check), a mixin of the template.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from avalanche.training.plugins import LRSchedulerPlugin
+from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR, CyclicLR, LambdaLR, OneCycleLR
+
+from .precision import make_scaler
 
 LR_SCHEDULES = ("epoch_cosine", "cosine", "constant", "epoch_quarter_cosine")
 
@@ -195,3 +202,120 @@ def experience_schedule(optimizer: torch.optim.Optimizer, plugins: Iterable, lr_
         raise ValueError("scheduler_factory built its scheduler on another optimizer; build it on the optimizer "
                          "it receives (its first argument)")
     return scheduler
+
+
+class OptimizerSteps:
+    """The optimizer side of :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`.
+
+    Fills ``strategy.optimizer`` with :meth:`trainable_groups` at every
+    experience and makes its schedule (and, in ``"16"``, its gradient scaler);
+    checks, clips and applies every update. Reads ``lr``, ``lr_schedule``,
+    ``scheduler_factory``, ``clip_grad_norm``, ``norm_lr_scale`` and ``precision``.
+    """
+
+    def trainable_groups(self) -> List[Dict]:
+        """Parameter groups (``{'params': [...], 'lr': ...}``) for this experience."""
+        raise NotImplementedError
+
+    def check_schedule_owner(self) -> None:
+        """Refuse two owners of the schedule, or a scheduler bound to an optimizer that does not train."""
+        check_schedule_owner(self.optimizer, self.plugins, self._lr_schedule_given, self.scheduler_factory)
+
+    def make_optimizer(self, **kwargs):
+        """This experience's groups in the strategy's optimizer, its state emptied, and the schedule.
+
+        Called after model growth. Gradients left from the previous experience
+        are dropped first: frozen parameters leave the optimizer, so nothing
+        else would ever clear them.
+        """
+        self.model.zero_grad(set_to_none=True)
+        kept = dict(self.optimizer.state) if self.continues_task() else {}
+        install_groups(self.optimizer, [g for g in self.trainable_groups() if g["params"]], self.plugins)
+        for p in (p for g in self.optimizer.param_groups for p in g["params"] if p in kept):
+            self.optimizer.state[p] = kept[p]        # a continued task keeps its optimizer state, as Naive does
+        per_epoch = max(1, len(self.dataloader)) if self.dataloader else 1
+        self.scheduler = experience_schedule(self.optimizer, self.plugins, self.lr_schedule, self.scheduler_factory,
+                                             per_epoch, self.train_epochs)
+        self.scaler = make_scaler(self.precision, self.device)     # lives as long as the optimizer's state
+        self.skipped_steps = 0
+
+    def continues_task(self) -> bool:
+        """Whether the experience being trained continues the prompt task of the one before (see :meth:`plan_experience`)."""
+        plan = self.experience_plan
+        return plan is not None and plan.experience is self.experience and not plan.new_task
+
+    def norm_lr(self) -> float:
+        return self.lr if self.task_index == 0 else self.lr * self.norm_lr_scale
+
+    def optimizer_step(self):
+        """Check, clip, step, advance the schedule. With a scaler (``"16"``): unscale first, so clipping sees
+        the true gradients, and let the scaler skip the update when they hold inf/NaN.
+
+        **Finite or stop.** A NaN or infinite loss, or (in ``"32"`` and ``"bf16"``)
+        NaN or infinite gradients from a finite loss (a rate so high that the
+        backward pass overflows), raise ``FloatingPointError`` naming the
+        experience, epoch and iteration *before* the update: the parameters are
+        still those of the previous step, and no checkpoint is written (they are
+        only written after evaluated experiences). The check costs one host
+        synchronisation per iteration over two numbers, the loss and the global
+        gradient norm, which clipping computes anyway (one fused ``_foreach_norm``
+        over the gradients when clipping is off); no per-parameter check. In
+        ``"16"`` non-finite gradients of a finite loss are the scaler's to handle
+        (the update is skipped and the scale lowered).
+
+        The schedule advances after a skipped update too: it follows the
+        iterations, as it does in fp32, so it still ends where it should.
+        """
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.clip_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)   # the norm before clipping
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        self.check_finite(norm)
+        skipped = False
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            skipped = self._scaled_step()
+        if self.scheduler is None:              # an LRSchedulerPlugin steps the rate
+            return
+        if not skipped:
+            self.scheduler.step()
+            return
+        with warnings.catch_warnings():         # torch warns when no optimizer.step() preceded its first step
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            self.scheduler.step()
+
+    def check_finite(self, grad_norm: Tensor) -> None:
+        """Raise (where, and what to do) for NaN/Inf training images, a non-finite loss or gradient norm.
+
+        One synchronisation: both values are tested in one tensor. The gradient
+        norm is not tested under a scaler (``"16"``), which skips such steps itself.
+        """
+        loss = self.loss.detach().float().reshape(())
+        values = loss if self.scaler is not None else torch.stack([loss, grad_norm.float().to(loss.device)])
+        finite = torch.isfinite(values).all()
+        images = self.finite_images()                  # NaN/Inf images: the same synchronisation
+        if images is not None:
+            finite = finite & images.to(finite.device)
+        if bool(finite):
+            return
+        bad = int(self.nonfinite_image_count())
+        if bad:
+            raise ValueError(
+                f"{bad} of {len(self.mb_x)} training images of experience {self.experience.current_experience}, "
+                f"epoch {self.clock.train_exp_epochs}, iteration {self.clock.train_epoch_iterations} hold NaN or "
+                "infinite values; training stopped before the update: check the dataset and its transforms")
+        where = (f"in experience {self.experience.current_experience}, epoch {self.clock.train_exp_epochs}, "
+                 f"iteration {self.clock.train_epoch_iterations}")
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(
+                f"the training loss became {float(loss)} {where}; training stopped before the update (lower the "
+                "learning rate or check the inputs); the parameters and the last checkpoint, if any, are intact")
+        raise FloatingPointError(
+            f"the gradients became {float(grad_norm)} (global norm) {where}, from a finite loss {float(loss):.4g}; "
+            f"training stopped before the update (lower the learning rate"
+            f"{', or clip gradients with clip_grad_norm' if self.clip_grad_norm is None else ''}); the parameters "
+            "and the last checkpoint, if any, are intact")

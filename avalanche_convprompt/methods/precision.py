@@ -24,6 +24,9 @@ checkpoint (written between experiences) needs no scaler state and a resumed
 run is scaled exactly as an uninterrupted one. The price is a scale that starts
 again at 2^16 in each experience; each overflow while it settles costs one
 skipped step.
+
+:class:`PrecisionSteps` is the template's side: the autocast context of its forward pass and
+loss, and the backward pass and step through the scaler; a mixin of the template.
 """
 from __future__ import annotations
 
@@ -91,3 +94,35 @@ def make_scaler(precision: str, device: Union[str, torch.device]) -> Optional[to
     if resolve_precision(precision) != "16":
         return None
     return torch.amp.GradScaler(torch.device(device).type)
+
+
+class PrecisionSteps:
+    """The precision side of :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`.
+
+    Reads ``precision``, ``device``, ``scaler`` (``None`` outside ``"16"``),
+    ``loss`` and ``retain_graph``; counts ``skipped_steps``.
+    """
+
+    def backward(self):
+        """Avalanche's backward (through the gradient scaler in ``"16"``).
+
+        Whether the loss and the gradients are finite is checked in
+        :meth:`optimizer_step`, once, before anything changes.
+        """
+        if self.scaler is None:
+            super().backward()
+        else:
+            self.scaler.scale(self.loss).backward(retain_graph=self.retain_graph)
+
+    def _scaled_step(self) -> bool:
+        """The scaler's step and update; ``True`` when it skipped the update (the scale went down)."""
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        skipped = self.scaler.get_scale() < scale
+        self.skipped_steps += int(skipped)
+        return skipped
+
+    def autocast(self):
+        """The context the forward pass and the loss run in for this strategy's ``precision``."""
+        return autocast(self.precision, self.device)

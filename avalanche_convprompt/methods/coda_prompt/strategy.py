@@ -17,13 +17,10 @@ reference's.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
-from avalanche.training.plugins.evaluation import default_evaluator
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
 from ..template import QueryPromptTemplate
 from .prompt_pool import CodaPromptPool
 
@@ -32,34 +29,31 @@ class CodaPrompt(QueryPromptTemplate):
     """CODA-Prompt: per-sample attention-weighted sums of prompt components.
 
     Args:
-        backbone, pretrained, normalize_inputs: as :class:`~avalanche_convprompt.ConvPrompt`.
         prompt_layers, components_per_task, prompt_length: the pool (paper: 0-4, 10, 8).
         orthogonality_penalty: weight of the orthogonality loss (paper: 0).
-        lr: default ``base_lr * train_mb_size / 256`` with ``base_lr = 0.002``.
-        lr_schedule: ``"cosine"``, ``"epoch_quarter_cosine"`` (reference) or ``"constant"``.
-        Others: as ``SupervisedTemplate``.
+        base_lr: default 0.002, so ``lr`` defaults to ``0.002 * train_mb_size / 256``.
+        lr_schedule: default ``"cosine"``, or ``"epoch_quarter_cosine"`` (reference) or ``"constant"``.
+        train_epochs: default 20.
+        Others: as :class:`~avalanche_convprompt.methods.template.QueryPromptTemplate`
+        (``backbone``, ``pretrained``, ``normalize_inputs``) and
+        :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`, defaults included
+        (``backbone="vit_base_patch16_224.augreg_in21k"``, ``clip_grad_norm=1.0``,
+        ``train_mb_size=128``, ...).
     """
 
     default_lr_schedule = "cosine"
+    default_base_lr = 0.002
+    default_train_epochs = 20
     #: the reference's classifier is a plain ``nn.Linear`` (GT-RIPL/CODA-Prompt, ``models/zoo.py``)
     head_init = "torch_default"
 
-    def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
-                 prompt_layers: Sequence[int] = (0, 1, 2, 3, 4), components_per_task: int = 10,
-                 prompt_length: int = 8, orthogonality_penalty: float = 0.0, lr: Optional[float] = None,
-                 base_lr: float = 0.002, lr_schedule: Optional[str] = None, clip_grad_norm: Optional[float] = 1.0,
-                 normalize_inputs: bool = False, train_mb_size: int = 128, train_epochs: int = 20,
-                 eval_mb_size: Optional[int] = None, device=None, plugins: Optional[Sequence] = None,
-                 evaluator=default_evaluator, eval_every: int = -1, **kwargs):
+    def __init__(self, *, prompt_layers: Sequence[int] = (0, 1, 2, 3, 4), components_per_task: int = 10,
+                 prompt_length: int = 8, orthogonality_penalty: float = 0.0, **kwargs):
         self.orthogonality_penalty = orthogonality_penalty
         super().__init__(
-            backbone=backbone, pretrained=pretrained, normalize_inputs=normalize_inputs,
             make_prompt_module=lambda vit: CodaPromptPool(vit.embed_dim, vit.num_heads, prompt_layers,
                                                           components_per_task, prompt_length),
-            lr=lr, base_lr=base_lr,
-            lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
-            train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
-            eval_every=eval_every, **kwargs)
+            **kwargs)
 
     @property
     def prompt_pool(self) -> CodaPromptPool:

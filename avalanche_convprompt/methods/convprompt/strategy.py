@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
@@ -75,8 +74,9 @@ class ConvPrompt(PromptedViTTemplate):
     Args:
         backbone: timm model name, ``"offline"`` (the shipped small ViT) or a
             ``VisionTransformer`` instance, which is copied: the object passed
-            is never modified (this method trains the copy's LayerNorms).
-        pretrained: load timm's pretrained weights (names only).
+            is never modified (this method trains the copy's LayerNorms);
+            default ``"vit_base_patch16_224.augreg_in21k"``.
+        pretrained: load timm's pretrained weights (names only); default ``True``.
         prompt_layers: prompted blocks; default (``None``) the first
             ``ceil(7 x depth / 12)`` blocks (:func:`default_prompt_layers`): the
             paper's 0..6 on a 12-block ViT-B, 0..3 on the shipped 6-block
@@ -85,8 +85,8 @@ class ConvPrompt(PromptedViTTemplate):
         kernel_size: generator kernel ``k`` (paper: 17).
         generators_per_task: ``n_max`` of the default fixed allocation (paper: 5).
         drift_penalty: ``lambda`` of the L1 drift terms (paper: 0.01).
-        clip_grad_norm: gradient clipping norm (reference: 1.0 on CIFAR-100 and
-            CUB-200, ``None`` on ImageNet-R).
+        clip_grad_norm: gradient clipping norm; default 1.0 (reference: 1.0 on
+            CIFAR-100 and CUB-200, ``None`` on ImageNet-R).
         lr_schedule: default ``"epoch_cosine"``, the reference's
             (see :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`).
         lr: learning rate; default ``0.005 * train_mb_size / 256``, the paper's
@@ -95,7 +95,7 @@ class ConvPrompt(PromptedViTTemplate):
             :class:`~avalanche_convprompt.methods.short_schedule.ShortScheduleWarning`
             says which rate to pass instead.
         normalize_inputs: normalise inputs with the backbone's mean/std
-            (the published setup does not).
+            (default ``False``: the published setup does not).
         train_keys: train the new generators' keys (``False``, the default, is
             what the reference implementation does and what produced the
             published numbers: its keys keep their orthonormal start; the
@@ -103,23 +103,19 @@ class ConvPrompt(PromptedViTTemplate):
         allocation: policy deciding generators per experience; default
             ``FixedAllocation(generators_per_task)``. Ignored when ``plugins``
             already holds a :class:`PromptExpansionPlugin`.
-        Others: as ``SupervisedTemplate`` (``train_mb_size``, ``train_epochs``,
-        ``eval_mb_size``, ``device``, ``plugins``, ``evaluator``, ``eval_every``).
+        Others: as :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`
+        (``train_mb_size`` 128, ``train_epochs`` 10, ``eval_mb_size``, ``device``,
+        ``plugins``, ``evaluator``, ``eval_every``, ...).
     """
 
     default_lr_schedule = "epoch_cosine"
 
-    def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
-                 prompt_layers: Optional[Sequence[int]] = None, prompt_length: int = 20, kernel_size: int = 17,
-                 generators_per_task: int = 5, drift_penalty: float = 0.01, clip_grad_norm: Optional[float] = 1.0,
-                 lr: Optional[float] = None, normalize_inputs: bool = False, train_keys: bool = False,
-                 allocation=None,
-                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
-                 device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
-                 **kwargs):
-        model = build_convprompt_model(backbone, pretrained, prompt_layers, prompt_length, kernel_size,
-                                       normalize_inputs, train_keys=train_keys)
-        plugins = list(plugins or [])
+    def __init__(self, *, prompt_layers: Optional[Sequence[int]] = None, prompt_length: int = 20,
+                 kernel_size: int = 17, generators_per_task: int = 5, drift_penalty: float = 0.01,
+                 train_keys: bool = False, allocation=None, **kwargs):
+        self._network_options = dict(prompt_layers=prompt_layers, prompt_length=prompt_length,
+                                     kernel_size=kernel_size, train_keys=train_keys)
+        plugins = list(kwargs.pop("plugins", None) or [])
         if not any(isinstance(p, PromptExpansionPlugin) for p in plugins):
             plugins.append(PromptExpansionPlugin(allocation or FixedAllocation(generators_per_task)))
         # a GDumbPlugin resets the model first, so that the generators are added to the model that trains
@@ -127,11 +123,15 @@ class ConvPrompt(PromptedViTTemplate):
             plugins.sort(key=lambda p: isinstance(p, PromptExpansionPlugin))
         self.drift_penalty = drift_penalty
         # the paper's rate rule is in charge (nothing the user passed sets the rate): the short-schedule check applies
-        self.lr_from_rule = lr is None and kwargs.get("optimizer") is None and kwargs.get("optimizer_factory") is None
+        self.lr_from_rule = kwargs.get("lr") is None and kwargs.get("optimizer") is None \
+            and kwargs.get("optimizer_factory") is None
         self._drift_anchor: List[Tensor] = []
-        super().__init__(model=model, lr=lr, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
-                         train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins,
-                         evaluator=evaluator, eval_every=eval_every, **kwargs)
+        super().__init__(plugins=plugins, **kwargs)
+
+    def build_network(self, backbone: Union[str, VisionTransformer], pretrained: bool,
+                      normalize_inputs: bool) -> PromptedClassifier:
+        return build_convprompt_model(backbone, pretrained, normalize_inputs=normalize_inputs,
+                                      **self._network_options)
 
     @property
     def prompt_pool(self) -> ConvPromptPool:

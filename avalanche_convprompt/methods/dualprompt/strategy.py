@@ -16,25 +16,18 @@ pool): ``avalanche_convprompt.methods.reference_recipe("dualprompt", benchmark)`
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
-
-from avalanche.training.plugins.evaluation import default_evaluator
-from timm.models.vision_transformer import VisionTransformer
+from typing import Sequence
 
 from ..template import QueryPromptTemplate
 from .prompt_pool import DualPromptPool
-from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
 
 
 class DualPrompt(QueryPromptTemplate):
     """DualPrompt: a shared G-prompt and per-experience E-prompts, prefix-tuned.
 
     Args:
-        backbone, pretrained, normalize_inputs: as :class:`~avalanche_convprompt.ConvPrompt`.
         g_layers, e_layers, g_length, e_length: prompt placement (paper: 0-1 / 2-4, 5 / 20).
         matching_weight: weight of the key matching loss (paper: 1.0).
-        lr: default ``base_lr * train_mb_size / 256`` with ``base_lr = 0.005``.
-        lr_schedule: ``"constant"`` (paper) or ``"cosine"``.
         selection: test-time E-prompt choice, ``"per_sample"`` (default) or
             ``"batch_vote"`` (the reference port's CIFAR-100 protocol; leaks the
             task of single-task test batches).
@@ -42,30 +35,29 @@ class DualPrompt(QueryPromptTemplate):
             experience's (the reference protocol turns it on; the key starts fresh).
         shared_prompt_key: start each new key as a copy of the previous one too
             (off in the reference protocol).
-        Others: as ``SupervisedTemplate``.
+        base_lr: default 0.005, so ``lr`` defaults to ``0.005 * train_mb_size / 256``.
+        lr_schedule: default ``"constant"`` (paper), or ``"cosine"``.
+        train_epochs: default 5.
+        Others: as :class:`~avalanche_convprompt.methods.template.QueryPromptTemplate`
+        (``backbone``, ``pretrained``, ``normalize_inputs``) and
+        :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`, defaults included
+        (``backbone="vit_base_patch16_224.augreg_in21k"``, ``clip_grad_norm=1.0``,
+        ``train_mb_size=128``, ...).
     """
 
     default_lr_schedule = "constant"
+    default_base_lr = 0.005
+    default_train_epochs = 5
 
-    def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
-                 g_layers: Sequence[int] = (0, 1), e_layers: Sequence[int] = (2, 3, 4), g_length: int = 5,
-                 e_length: int = 20, matching_weight: float = 1.0, lr: Optional[float] = None,
-                 base_lr: float = 0.005, lr_schedule: Optional[str] = None, clip_grad_norm: Optional[float] = 1.0,
-                 normalize_inputs: bool = False, selection: str = "per_sample", shared_prompt_pool: bool = False,
-                 shared_prompt_key: bool = False,
-                 train_mb_size: int = 128, train_epochs: int = 5,
-                 eval_mb_size: Optional[int] = None, device=None, plugins: Optional[Sequence] = None,
-                 evaluator=default_evaluator, eval_every: int = -1, **kwargs):
+    def __init__(self, *, g_layers: Sequence[int] = (0, 1), e_layers: Sequence[int] = (2, 3, 4), g_length: int = 5,
+                 e_length: int = 20, matching_weight: float = 1.0, selection: str = "per_sample",
+                 shared_prompt_pool: bool = False, shared_prompt_key: bool = False, **kwargs):
         super().__init__(
-            backbone=backbone, pretrained=pretrained, normalize_inputs=normalize_inputs,
             make_prompt_module=lambda vit: DualPromptPool(vit.embed_dim, vit.num_heads, g_layers, e_layers,
                                                           g_length, e_length, selection=selection,
                                                           shared_prompt_pool=shared_prompt_pool,
                                                           shared_prompt_key=shared_prompt_key),
-            matching_weight=matching_weight, lr=lr, base_lr=base_lr,
-            lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
-            train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
-            eval_every=eval_every, **kwargs)
+            matching_weight=matching_weight, **kwargs)
 
     @property
     def prompt_pool(self) -> DualPromptPool:

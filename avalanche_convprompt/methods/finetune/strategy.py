@@ -9,14 +9,14 @@ methods are meant to remove.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Union
 
 import torch
-from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from ..convprompt.strategy import PAPER_BACKBONE, build_convprompt_model
+from ...models.classifier import PromptedClassifier
+from ..convprompt.strategy import build_convprompt_model
 from ..template import PromptedViTTemplate
 
 
@@ -25,24 +25,22 @@ class SequentialFineTuning(PromptedViTTemplate):
 
     Args mirror :class:`~avalanche_convprompt.ConvPrompt` (``backbone``,
     ``pretrained``, ``lr``, ``clip_grad_norm``, ``normalize_inputs`` and the
-    ``SupervisedTemplate`` arguments).
+    ``SupervisedTemplate`` arguments), defaults included; it has no arguments
+    of its own (every head trains: ``freeze_old_heads`` is always ``False``).
     """
     #: ConvPrompt's schedule (its reference's per-epoch cosine), as every other setting of this bound
     default_lr_schedule = "epoch_cosine"
 
-    def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
-                 lr: Optional[float] = None, clip_grad_norm: Optional[float] = 1.0, normalize_inputs: bool = False,
-                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
-                 device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
-                 **kwargs):
+    def __init__(self, **kwargs):
         if kwargs.pop("cross_entropy_over", "seen") != "seen":
             raise ValueError("SequentialFineTuning always trains over every class seen so far "
                              "(cross_entropy_over='seen'): that is what makes it the lower bound")
-        model = build_convprompt_model(backbone, pretrained, normalize_inputs=normalize_inputs, use_prompts=False)
-        super().__init__(model=model, lr=lr, clip_grad_norm=clip_grad_norm, freeze_old_heads=False,
-                         train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
-                         device=device, plugins=plugins, evaluator=evaluator, eval_every=eval_every, **kwargs)
+        super().__init__(freeze_old_heads=False, **kwargs)
         self.cross_entropy_over = "seen"      # what its loss covers (the one-class warning reads it)
+
+    def build_network(self, backbone: Union[str, VisionTransformer], pretrained: bool,
+                      normalize_inputs: bool) -> PromptedClassifier:
+        return build_convprompt_model(backbone, pretrained, normalize_inputs=normalize_inputs, use_prompts=False)
 
     def trainable_groups(self) -> List[Dict]:
         return [

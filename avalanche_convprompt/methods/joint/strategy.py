@@ -11,16 +11,15 @@ trains them all at once, each sample through its own task's head.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from avalanche.benchmarks.utils.utils import concat_datasets
-from avalanche.training.plugins.evaluation import default_evaluator
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from ...data.experiences import experience_classes, experience_task_labels
-from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
+from ...models.classifier import PromptedClassifier
 from ...runs.distributed import unwrap
 from ..template import PromptedViTTemplate, build_prompted_classifier
 
@@ -28,7 +27,9 @@ from ..template import PromptedViTTemplate, build_prompted_classifier
 class JointTraining(PromptedViTTemplate):
     """Offline training on all experiences at once (not a continual method).
 
-    Args mirror :class:`~avalanche_convprompt.SequentialFineTuning`.
+    Args mirror :class:`~avalanche_convprompt.SequentialFineTuning` (those of
+    :class:`~avalanche_convprompt.ConvPrompt`'s network and training, defaults
+    included); it has no arguments of its own.
     """
 
     #: Tells reports that the accuracy matrix has a single row and forgetting is undefined.
@@ -36,19 +37,16 @@ class JointTraining(PromptedViTTemplate):
     #: ConvPrompt's schedule (its reference's per-epoch cosine), as every other setting of this bound
     default_lr_schedule = "epoch_cosine"
 
-    def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
-                 lr: Optional[float] = None, clip_grad_norm: Optional[float] = 1.0, normalize_inputs: bool = False,
-                 train_mb_size: int = 128, train_epochs: int = 10, eval_mb_size: Optional[int] = None,
-                 device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
-                 **kwargs):
+    def __init__(self, **kwargs):
         if kwargs.pop("cross_entropy_over", "seen") != "seen":
             raise ValueError("JointTraining always trains over every class of the stream (cross_entropy_over='seen')")
-        model = build_prompted_classifier(backbone, pretrained, None, normalize_inputs=normalize_inputs)
         self._joint_experiences: Optional[List] = None
-        super().__init__(model=model, lr=lr, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
-                         train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins,
-                         evaluator=evaluator, eval_every=eval_every, **kwargs)
+        super().__init__(**kwargs)
         self.cross_entropy_over = "seen"      # what its loss covers (the one-class warning reads it)
+
+    def build_network(self, backbone: Union[str, VisionTransformer], pretrained: bool,
+                      normalize_inputs: bool) -> PromptedClassifier:
+        return build_prompted_classifier(backbone, pretrained, None, normalize_inputs=normalize_inputs)
 
     def train(self, experiences, eval_streams=None, **kwargs):
         """Train once on the concatenation of ``experiences`` (a stream, a list or one experience)."""

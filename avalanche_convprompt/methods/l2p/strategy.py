@@ -11,12 +11,6 @@ surrogate weight 0.1, 5 epochs on Split CIFAR-100 (50 on ImageNet-R).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
-
-from avalanche.training.plugins.evaluation import default_evaluator
-from timm.models.vision_transformer import VisionTransformer
-
-from ...models.backbones import CONVPROMPT_BACKBONE as PAPER_BACKBONE
 from ..template import QueryPromptTemplate
 from .prompt_pool import L2PPromptPool
 
@@ -25,34 +19,31 @@ class L2P(QueryPromptTemplate):
     """Learning to Prompt: per-sample top-k prompts from a shared pool, prepended to the input.
 
     Args:
-        backbone, pretrained, normalize_inputs: as :class:`~avalanche_convprompt.ConvPrompt`.
         pool_size, prompt_length, top_k: the prompt pool (paper: 10, 5, 5).
         matching_weight: weight of the surrogate key loss (paper: 0.1).
-        lr: default ``base_lr * train_mb_size / 256`` with ``base_lr = 0.03``.
-        lr_schedule: ``"constant"`` (paper) or ``"cosine"``.
         selection: ``"per_sample"`` (default) or ``"batch_vote"``, the reference
             port's protocol, which leaks the task of single-task test batches
             (see :mod:`~avalanche_convprompt.methods.l2p.prompt_pool`).
-        Others: as ``SupervisedTemplate``.
+        base_lr: default 0.03, so ``lr`` defaults to ``0.03 * train_mb_size / 256``.
+        lr_schedule: default ``"constant"`` (paper), or ``"cosine"``.
+        train_epochs: default 5.
+        Others: as :class:`~avalanche_convprompt.methods.template.QueryPromptTemplate`
+        (``backbone``, ``pretrained``, ``normalize_inputs``) and
+        :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`, defaults included
+        (``backbone="vit_base_patch16_224.augreg_in21k"``, ``clip_grad_norm=1.0``,
+        ``train_mb_size=128``, ...).
     """
 
     default_lr_schedule = "constant"
+    default_base_lr = 0.03
+    default_train_epochs = 5
 
-    def __init__(self, *, backbone: Union[str, VisionTransformer] = PAPER_BACKBONE, pretrained: bool = True,
-                 pool_size: int = 10, prompt_length: int = 5, top_k: int = 5, matching_weight: float = 0.1,
-                 lr: Optional[float] = None, base_lr: float = 0.03, lr_schedule: Optional[str] = None,
-                 clip_grad_norm: Optional[float] = 1.0, normalize_inputs: bool = False, selection: str = "per_sample",
-                 train_mb_size: int = 128, train_epochs: int = 5, eval_mb_size: Optional[int] = None,
-                 device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
-                 **kwargs):
+    def __init__(self, *, pool_size: int = 10, prompt_length: int = 5, top_k: int = 5, matching_weight: float = 0.1,
+                 selection: str = "per_sample", **kwargs):
         super().__init__(
-            backbone=backbone, pretrained=pretrained, normalize_inputs=normalize_inputs,
             make_prompt_module=lambda vit: L2PPromptPool(vit.embed_dim, vit.num_heads, pool_size, prompt_length,
                                                          top_k, selection=selection),
-            matching_weight=matching_weight, lr=lr, base_lr=base_lr,
-            lr_schedule=lr_schedule, clip_grad_norm=clip_grad_norm, train_mb_size=train_mb_size,
-            train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
-            eval_every=eval_every, **kwargs)
+            matching_weight=matching_weight, **kwargs)
 
     @property
     def prompt_pool(self) -> L2PPromptPool:
