@@ -139,8 +139,10 @@ def _load(backbone: nn.Module, path: Path, shipped: bool) -> nn.Module:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         reason = (str(err).strip().splitlines() or [""])[0]
+        kind = type(err).__qualname__ if type(err).__module__ == "builtins" else \
+            f"{type(err).__module__}.{type(err).__qualname__}"
         what = f"the shipped offline backbone {_SHIPPED_NAME} ({path})" if shipped else f"offline backbone checkpoint {path}"
-        raise RuntimeError(f"cannot read {what}: {type(err).__name__}: {reason}"
+        raise RuntimeError(f"cannot read {what}: {kind}: {reason}"
                            + (rebuild if shipped else "")) from err
     if not isinstance(state, dict):
         raise RuntimeError(f"{path} holds a {type(state).__name__}, expected a state dict")
