@@ -10,8 +10,10 @@ Writes (by default into the package, next to the code that loads them):
   well it does (pretraining accuracy; linear-probe and nearest-class-mean
   accuracy of frozen features on the STREAM classes, pretrained vs random init).
 
-The recipe lives in :func:`avalanche_convprompt.data.offline_backbone.pretrain_offline_backbone`,
-which ``create_offline_backbone()`` also uses when the asset is missing.
+The recipe lives in ``scripts/offline_backbone_recipe.py`` beside this file
+(:func:`pretrain_offline_backbone`); the package only loads the result
+(``create_offline_backbone()`` in ``avalanche_convprompt/data/offline_backbone.py``,
+which raises an error naming this command when the asset is missing).
 Takes about 9 minutes on 2 CPU cores with the defaults.
 
     python scripts/pretrain_offline_backbone.py
@@ -28,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the package of this checkout
+sys.path.insert(1, str(Path(__file__).resolve().parent))       # offline_backbone_recipe beside this file
 
 import timm  # noqa: E402
 import torch  # noqa: E402
@@ -40,13 +43,12 @@ from avalanche_convprompt.data.synthetic_shapes import (  # noqa: E402
 )
 from avalanche_convprompt.data.offline_backbone import (  # noqa: E402
     ASSET_PATH,
-    DEFAULT_PRETRAIN_KWARGS,
     OFFLINE_BACKBONE_CONFIG,
     build_offline_backbone,
     load_backbone_checkpoint,
-    pretrain_offline_backbone,
     save_backbone_checkpoint,
 )
+from offline_backbone_recipe import DEFAULT_PRETRAIN_KWARGS, pretrain_offline_backbone  # noqa: E402
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

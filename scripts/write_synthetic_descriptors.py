@@ -1,4 +1,4 @@
-"""Writes the descriptor set of the SynthShapes classes (avalanche_convprompt/descriptors/data/synthetic.json).
+"""Writes the descriptor set of the SynthShapes classes (avalanche_convprompt/language/descriptors/data/synthetic.json).
 
 A SynthShapes class is a (shape, fill pattern) pair, so its descriptors are the
 shape's three visual attributes followed by the pattern's three; the text below

@@ -473,3 +473,43 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     rc = main(["--classes", "a", "--output", str(tmp_path / "o.json"), "--base-url", "localhost:11434",
                "--model", "m"])
     assert rc == 2 and "http://" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+def test_generate_still_exports_the_client_and_the_command_line_that_moved_out_of_it():
+    """The HTTP client is in llm_client and the command line in cli; generate's names are the same objects."""
+    from avalanche_convprompt.language.descriptors import cli, llm_client
+    for name in ("chat_completion", "DescriptorGenerationError", "EndpointError", "UnusableAnswerError", "_Deadline",
+                 "_WatchedConnections", "_DeadlineHTTPHandler", "_DeadlineHTTPSHandler", "_exchange", "_http_error",
+                 "_retry_after", "_message_content", "_endpoint_url", "_display_url", "_timeout_error", "_excerpt",
+                 "_redact", "_one_line"):
+        assert getattr(gen, name) is getattr(llm_client, name), name
+    for name in ("main", "_parser", "_temperature"):
+        assert getattr(gen, name) is getattr(cli, name), name
+    assert main is cli.main
+    assert not {"urllib", "http", "socket", "threading", "argparse"} & set(vars(gen))   # no HTTP or CLI code left
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        gen.no_such_name  # noqa: B018
+
+
+def test_ask_descriptors_uses_the_chat_completion_of_generate(monkeypatch):
+    """generate.chat_completion stays the place to patch the client for the generation logic."""
+    answers = iter(["not a list", json.dumps(DESCS["apple"])])
+    monkeypatch.setattr(gen, "chat_completion", lambda *a, **k: next(answers))
+    assert ask_descriptors("apple", base_url="http://127.0.0.1:1/v1", model="m", backoff=0, sleep=lambda s: None) \
+        == DESCS["apple"]
+
+
+def test_python_dash_m_generate_writes_the_file(llm, tmp_path):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "o.json"
+    done = subprocess.run([sys.executable, "-m", "avalanche_convprompt.language.descriptors.generate",
+                           "--classes", "apple", "zebra", "--output", str(out), "--base-url", llm.base_url,
+                           "--model", "m", "-q"], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"wrote 2 classes to {out}"
+    assert load_descriptors(out).keys() == ["apple", "zebra"]

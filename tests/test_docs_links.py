@@ -71,3 +71,33 @@ def test_the_checker_finds_a_broken_file_and_a_broken_anchor(tmp_path):
     assert list(links(page)) == ["other.md#a-code-heading-with-punctuation", "other.md#twice-1", "missing.md",
                                  "other.md#nowhere"]
     assert anchors(tmp_path / "other.md") == {"a-code-heading-with-punctuation", "twice", "twice-1"}
+
+
+# A path of this repository named in prose, e.g. `scripts/pretrain_offline_backbone.py` or
+# `python scripts/test.sh`; a path followed by `$`, `*`, `{` or `<` is a pattern, not a file.
+CODE_SPAN = re.compile(r"`([^`\n]+)`")
+REPO_PATH = re.compile(r"(?<![\w./-])((?:avalanche_convprompt|benchmarks|docs|examples|scripts|tests)/[\w./-]*\w)"
+                       r"(?![\w/$*{<-])")
+
+
+def repo_paths(page: Path):
+    """Repository paths in the page's inline code, but not in a span right after "Avalanche's" (a file of that repo)."""
+    prose = _prose(page.read_text(encoding="utf-8"))
+    for span in CODE_SPAN.finditer(prose):
+        if prose[:span.start()].endswith("Avalanche's "):
+            continue
+        yield from REPO_PATH.findall(span.group(1))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_repository_paths_named_in_inline_code_exist(page):
+    missing = sorted({p for p in repo_paths(page) if not (ROOT / p).exists()})
+    assert not missing, f"{page.relative_to(ROOT)} names files that are not in the repository: {missing}"
+
+
+def test_the_path_checker_finds_paths_in_inline_code_only(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("Run `python scripts/test.sh -k x` and see `avalanche_convprompt/assets/gone.pt`; "
+                    "Avalanche's `examples/naive.py`; `benchmarks/results/seed$s.json`, `docs/*.md`; "
+                    "scripts/plain.py is prose\n```\n`tests/in_a_fence.py`\n```\n")
+    assert list(repo_paths(page)) == ["scripts/test.sh", "avalanche_convprompt/assets/gone.pt"]

@@ -42,10 +42,11 @@ IMPORTED_IN_0_1 = {
     "avalanche_convprompt.experiment": ["run_stream"],
     "avalanche_convprompt.files": ["ensure_writable_dir", "write_json"],
     "avalanche_convprompt.language_allocation": ["AVERAGE_OVER", "LanguageModelAllocation", "class_descriptors"],
-    "avalanche_convprompt.offline_backbone": ["ASSET_PATH", "DEFAULT_PRETRAIN_KWARGS", "OFFLINE_BACKBONE_CONFIG",
+    # 0.1's scripts/pretrain_offline_backbone.py also imported DEFAULT_PRETRAIN_KWARGS and pretrain_offline_backbone
+    # from here; in 0.2 that recipe left the package for scripts/offline_backbone_recipe.py (CHANGELOG, 0.2.0)
+    "avalanche_convprompt.offline_backbone": ["ASSET_PATH", "OFFLINE_BACKBONE_CONFIG",
                                               "build_offline_backbone", "load_backbone_checkpoint",
-                                              "pretrain_offline_backbone", "save_backbone_checkpoint",
-                                              "create_offline_backbone"],
+                                              "save_backbone_checkpoint", "create_offline_backbone"],
     "avalanche_convprompt.plotting": ["plot_allocation", "plot_runs"],
     "avalanche_convprompt.streams": ["STREAM_NAMES", "make_stream"],
     "avalanche_convprompt.methods": ["METHODS", "REFERENCE_RECIPES", "build_strategy", "reference_recipe",

@@ -1,5 +1,9 @@
-"""SynthShapes dataset, its Avalanche benchmark, and the shipped offline backbone."""
+"""SynthShapes dataset, its Avalanche benchmark, the shipped offline backbone and the recipe that made it."""
+import functools
+import importlib.util
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -24,10 +28,19 @@ from avalanche_convprompt.data.offline_backbone import (
     ASSET_PATH,
     OFFLINE_BACKBONE_CONFIG,
     create_offline_backbone,
-    extract_features,
     load_backbone_checkpoint,
     build_offline_backbone,
     save_backbone_checkpoint,
+)
+
+# The pretraining recipe is not in the package: it sits beside scripts/pretrain_offline_backbone.py.
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+sys.path.insert(0, SCRIPTS)
+from offline_backbone_recipe import (  # noqa: E402
+    DEFAULT_PRETRAIN_KWARGS,
+    evaluate_transfer,
+    extract_features,
+    pretrain_offline_backbone,
 )
 
 
@@ -206,23 +219,64 @@ def test_create_offline_backbone_loads_asset_and_differs_from_random_init(pretra
     assert torch.allclose(f_pre, extract_features(create_offline_backbone(), ds.images))
 
 
-def test_missing_asset_falls_back_to_cache(tmp_path, monkeypatch):
-    """Without the shipped asset, a checkpoint in cache_dir is used (no retraining)."""
-    import avalanche_convprompt.data.offline_backbone as ob
+def test_checkpoints_round_trip_in_fp16_atomically_and_bad_ones_fail_clearly(tmp_path):
     torch.manual_seed(1)
     model = build_offline_backbone()
-    save_backbone_checkpoint(model, tmp_path / f"{ob.ASSET_NAME}.pt")
-    monkeypatch.setattr(ob, "ASSET_PATH", tmp_path / "missing.pt")
-    loaded = ob.create_offline_backbone(cache_dir=str(tmp_path))
+    path = save_backbone_checkpoint(model, tmp_path / "backbone.pt")
+    loaded = load_backbone_checkpoint(build_offline_backbone(), path)
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, model.state_dict()[k].half().float())
     assert not list(tmp_path.glob("*.tmp"))  # atomic write left no temp file
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / f"{ob.ASSET_NAME}.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="cannot read"):
-        ob.create_offline_backbone(cache_dir=str(tmp_path / "bad"))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot read offline backbone checkpoint .*bad.pt"):
+        load_backbone_checkpoint(build_offline_backbone(), tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="checkpoint .*nothing.pt is missing"):
+        load_backbone_checkpoint(build_offline_backbone(), tmp_path / "nothing.pt")
     with pytest.raises(RuntimeError, match="does not match"):
-        load_backbone_checkpoint(torch.nn.Linear(2, 2), tmp_path / f"{ob.ASSET_NAME}.pt")
+        load_backbone_checkpoint(torch.nn.Linear(2, 2), path)
+
+
+SHIPPED = "avalanche_convprompt/data/assets/vit_tiny_synthshapes.pt"
+REBUILD = "python scripts/pretrain_offline_backbone.py"
+
+
+def test_a_missing_shipped_asset_is_a_one_line_error_naming_it_and_the_rebuild_command(tmp_path, monkeypatch):
+    """No fallback: neither a random backbone nor a pretraining run (0.1 trained one into a cache)."""
+    import avalanche_convprompt.data.offline_backbone as ob
+    monkeypatch.setattr(ob, "ASSET_PATH", tmp_path / "missing.pt")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError) as missing:
+        ob.create_offline_backbone()
+    message = str(missing.value)
+    assert "\n" not in message
+    assert f"the shipped offline backbone {SHIPPED} is missing" in message and f"`{REBUILD}`" in message
+    assert str(tmp_path / "missing.pt") in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []        # nothing trained, nothing cached
+
+    (tmp_path / "missing.pt").write_bytes(b"not a checkpoint")    # present but unreadable
+    with pytest.raises(RuntimeError) as unreadable:
+        ob.create_offline_backbone()
+    message = str(unreadable.value)
+    assert "\n" not in message and unreadable.value.__cause__ is not None
+    assert message.startswith(f"cannot read the shipped offline backbone {SHIPPED}") and f"`{REBUILD}`" in message
+
+    assert isinstance(ob.create_offline_backbone(pretrained=False), torch.nn.Module)  # the control needs no file
+
+
+def test_cache_dir_is_deprecated_and_writes_nothing(tmp_path):
+    with pytest.warns(DeprecationWarning, match="cache_dir"):
+        create_offline_backbone(pretrained=False, cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_recipe_is_no_longer_in_the_package_and_says_where_it_went():
+    import avalanche_convprompt.data.offline_backbone as ob
+    for name in ("pretrain_offline_backbone", "evaluate_transfer", "extract_features", "DEFAULT_PRETRAIN_KWARGS"):
+        assert not hasattr(ob, name)
+        with pytest.raises(AttributeError, match=f"{name} moved out of the package in 0.2.*offline_backbone_recipe.py"):
+            getattr(ob, name)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        ob.no_such_name  # noqa: B018
 
 
 def _ncm_accuracy(backbone, classes, n_train, n_test):
@@ -248,16 +302,59 @@ def test_frozen_pretrained_features_separate_unseen_stream_classes(pretrained):
     assert acc > acc_random + 0.15, (acc, acc_random)
 
 
-def test_missing_asset_and_cache_trains_and_caches_atomically(tmp_path, monkeypatch):
-    """The fallback path runs the real pretraining recipe (shrunk here) and caches the result."""
-    import avalanche_convprompt.data.offline_backbone as ob
-    monkeypatch.setattr(ob, "ASSET_PATH", tmp_path / "missing.pt")
-    monkeypatch.setattr(ob, "DEFAULT_PRETRAIN_KWARGS", dict(
-        epochs=1, images_per_class=4, batch_size=40, test_per_class=1, seed=0, progress=False))
-    cache = tmp_path / "cache"
-    with pytest.warns(RuntimeWarning, match="pretraining one"):
-        first = ob.create_offline_backbone(cache_dir=str(cache))
-    assert [p.name for p in cache.iterdir()] == [f"{ob.ASSET_NAME}.pt"]
-    second = ob.create_offline_backbone(cache_dir=str(cache))  # now from the cache, no warning
+TINY_RECIPE = dict(epochs=1, images_per_class=4, batch_size=40, test_per_class=1, seed=0, progress=False)
+
+
+def test_pretraining_recipe_is_deterministic_and_ships_exactly_what_it_returns(tmp_path):
+    """The real recipe (shrunk): same seed, same weights; already fp16-rounded, so the asset format is lossless."""
+    first, report = pretrain_offline_backbone(**TINY_RECIPE, probe=True, probe_train_per_class=2,
+                                              probe_test_per_class=1)
+    second, _ = pretrain_offline_backbone(**TINY_RECIPE, probe=False)
     for k, v in first.state_dict().items():
         assert torch.equal(v, second.state_dict()[k])
+    reloaded = load_backbone_checkpoint(build_offline_backbone(), save_backbone_checkpoint(first, tmp_path / "b.pt"))
+    for k, v in first.state_dict().items():
+        assert torch.equal(v, reloaded.state_dict()[k])
+    assert report["pretrain_chance"] == 1 / len(PRETRAIN_CLASSES) and len(report["history"]) == 1
+    for key in ("stream_transfer_pretrained", "stream_transfer_random_init", "stream_transfer_init_only"):
+        assert report[key]["num_classes"] == len(STREAM_CLASSES) and report[key]["train_per_class"] == 2
+    assert set(DEFAULT_PRETRAIN_KWARGS) <= set(pretrain_offline_backbone.__code__.co_varnames)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        pretrain_offline_backbone(epochs=0, progress=False)
+
+
+def test_evaluate_transfer_scores_pretrained_features_high_and_constant_ones_at_chance(pretrained):
+    classes = STREAM_CLASSES[::4]                                   # 10 stream classes, none seen in pretraining
+    result = evaluate_transfer(pretrained, classes, train_per_class=20, test_per_class=10)
+    assert result["chance"] == 0.1 and result["num_classes"] == 10 and result["test_per_class"] == 10
+    assert result["linear_probe_acc"] > 0.3 and result["ncm_acc"] > 0.3, result
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 8)
+
+    flat = evaluate_transfer(Constant(), classes[:4], train_per_class=10, test_per_class=10)
+    assert flat["linear_probe_acc"] == flat["ncm_acc"] == 0.25      # every prediction is the same class
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("pretrain_offline_backbone_script",
+                                                  os.path.join(SCRIPTS, "pretrain_offline_backbone.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_script_writes_a_loadable_asset_and_its_description(tmp_path, monkeypatch):
+    script = _load_script()
+    assert script.pretrain_offline_backbone is pretrain_offline_backbone   # the recipe beside it, not a copy
+    # the script's transfer check at full size takes a minute; its plumbing is what is tested here
+    monkeypatch.setattr(script, "pretrain_offline_backbone", functools.partial(
+        pretrain_offline_backbone, test_per_class=1, probe_train_per_class=2, probe_test_per_class=1))
+    out = tmp_path / "assets" / "vit.pt"
+    assert script.main(["--epochs", "1", "--images-per-class", "4", "--batch-size", "40", "--no-progress",
+                        "--out", str(out)]) == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["asset"] == "vit.pt" and info["recipe"]["epochs"] == 1
+    assert info["config"] == json.loads(json.dumps(OFFLINE_BACKBONE_CONFIG))
+    load_backbone_checkpoint(build_offline_backbone(), out)
