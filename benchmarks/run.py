@@ -484,6 +484,7 @@ def run_one(method: str, seed: int, args, stream, out: str, settings: Tuple[Dict
             eval_mb_size=max(batch // world, 128), device=args.device, precision=args.precision, plugins=plugins,
             compile=args.compile, drop_last=_drop_last(stream),
             evaluator=default_cl_evaluator(loggers=[TextLogger(log)] if main_process else []), **kwargs)
+        resolved_recipe(strategy)          # a setting its Method declares but lacks: an error before training
         if dist.is_distributed():
             if kwargs.get("lr") is None:   # the default rate scales with the batch: the global one, not a slice
                 strategy.lr *= world

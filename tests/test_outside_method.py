@@ -8,6 +8,7 @@ the parameter table and the speed comparison pick it up.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Dict, List, Sequence
@@ -110,9 +111,29 @@ def test_records_keep_the_settings_each_method_declares(registered):
         assert (recipe["prompt_layers"], recipe["prompt_length"], recipe["init_scale"]) == ([0], 3, 0.02)
     register_method(Method(SHARED_PREFIX.name, SHARED_PREFIX.label, SharedPrefixStrategy,
                            record_settings=("init_scael",)), replace=True)
-    with pytest.raises(AttributeError, match=r"method 'shared_prefix' declares the setting 'init_scael' .*neither "
+    with pytest.raises(ValueError, match=r"method 'shared_prefix' declares the setting 'init_scael' .*neither "
                                              r"SharedPrefixStrategy nor its prompt module SharedPrefix has"):
         resolved_recipe(SharedPrefixStrategy(backbone=tiny_vit(), device="cpu", evaluator=None))
+
+
+def test_the_docs_one_pass_example_builds_trains_and_records_its_settings():
+    """The complete example of docs/adding_a_method.md, run exactly as written there."""
+    from avalanche_convprompt.methods import resolved_recipe
+
+    with open(os.path.join(ROOT, "docs", "adding_a_method.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class SharedPrefix(nn.Module)" in b)
+    assert "shared_prefix" not in METHODS
+    namespace = {"__name__": "my_methods"}
+    try:
+        exec(compile(block, "docs/adding_a_method.md", "exec"), namespace)
+        assert METHODS["shared_prefix"].strategy is namespace["SharedPrefixStrategy"]
+        strategy = namespace["SharedPrefixStrategy"](backbone=tiny_vit(), prompt_layers=(0,), prompt_length=3,
+                                                     device="cpu", evaluator=None)
+        recipe = resolved_recipe(strategy)
+        assert (recipe["prompt_module"], recipe["prompt_layers"], recipe["prompt_length"]) == ("SharedPrefix", [0], 3)
+    finally:
+        METHODS.pop("shared_prefix", None)
 
 
 def test_an_unregistered_method_is_a_clear_error():

@@ -227,7 +227,7 @@ def build_strategy(name: str, protocol: str, allocation=None, **common):
 
 #: Settings every strategy of the template has (read from the strategy when present).
 _TEMPLATE_SETTINGS = ("lr", "lr_schedule", "clip_grad_norm", "norm_lr_scale", "freeze_old_heads", "train_epochs",
-                      "train_mb_size", "eval_mb_size", "matching_weight", "precision")
+                      "train_mb_size", "eval_mb_size", "matching_weight", "precision", "cross_entropy_over")
 
 
 def method_of(strategy) -> Optional[Method]:
@@ -248,7 +248,8 @@ def resolved_recipe(strategy) -> Dict:
     (``prompt_settings`` and ``record_settings``), each read from the strategy
     or else from its prompt module, and ConvPrompt's allocation policy. A
     declared setting that neither has is an error, never a silently missing
-    entry. A strategy of no registered method records the template's settings.
+    entry. A strategy of no registered method records the template's settings. The optimizer
+    and a user's ``scheduler_factory`` are recorded by class and name.
     """
     def plain(v):
         return list(v) if isinstance(v, tuple) else v
@@ -257,6 +258,10 @@ def resolved_recipe(strategy) -> Dict:
     net = unwrap(strategy.model)
     module = net.prompt_module
     recipe["prompt_module"] = None if module is None else type(module).__name__
+    optimizer = getattr(strategy, "optimizer", None)
+    recipe["optimizer"] = None if optimizer is None else type(optimizer).__name__
+    factory = getattr(strategy, "scheduler_factory", None)        # a user's schedule: which one, by name
+    recipe["scheduler_factory"] = None if factory is None else getattr(factory, "__qualname__", type(factory).__name__)
     if module is not None and hasattr(module, "prompt_layers"):
         recipe["prompt_layers"] = plain(module.prompt_layers)
     method = method_of(strategy)
@@ -267,7 +272,7 @@ def resolved_recipe(strategy) -> Dict:
         elif module is not None and hasattr(module, k):
             recipe[k] = plain(getattr(module, k))
         else:
-            raise AttributeError(f"method {method.name!r} declares the setting {k!r} (Method.prompt_settings or "
+            raise ValueError(f"method {method.name!r} declares the setting {k!r} (Method.prompt_settings or "
                                  f"record_settings), but neither {type(strategy).__name__} nor its prompt module "
                                  f"{recipe['prompt_module']} has an attribute {k!r}; store it on one of them or "
                                  "drop it from the declaration")

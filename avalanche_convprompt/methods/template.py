@@ -52,6 +52,34 @@ from .optimisation import epoch_cosine, epoch_quarter_cosine  # noqa: F401  (pub
 from .precision import autocast, make_scaler  # noqa: F401
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_run_lengths(**sizes) -> None:
+    """Batch sizes and epochs are whole numbers >= 1 (``eval_mb_size`` may be None: the training batch)."""
+    for name, value in sizes.items():
+        if value is None and name == "eval_mb_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a whole number >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def check_rates(*, lr, base_lr, clip_grad_norm, norm_lr_scale) -> None:
+    """Rates are numbers; clipping is a positive norm or None (0 would zero every gradient, a negative
+    norm would turn every update uphill)."""
+    for name, value in (("lr", lr), ("base_lr", base_lr), ("norm_lr_scale", norm_lr_scale)):
+        if value is not None and not _is_number(value):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if norm_lr_scale < 0:
+        raise ValueError(f"norm_lr_scale must be >= 0, got {norm_lr_scale}")
+    if clip_grad_norm is not None and (not _is_number(clip_grad_norm) or not clip_grad_norm > 0):
+        raise ValueError(f"clip_grad_norm must be a positive number, or None for no clipping, got "
+                         f"{clip_grad_norm!r} (0 would zero every gradient and a negative norm reverse it)")
+
+
 def declared_prompt_layers(module: nn.Module) -> tuple:
     """The blocks ``module`` prompts, refusing a module whose prompts could never reach the backbone.
 
@@ -210,13 +238,24 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
                  train_mb_size: int = 128, train_epochs: Optional[int] = None, eval_mb_size: Optional[int] = None,
                  device=None, plugins: Optional[Sequence] = None, evaluator=default_evaluator, eval_every: int = -1,
                  **kwargs):
+        if not isinstance(pretrained, bool) or not isinstance(normalize_inputs, bool):
+            raise TypeError(f"pretrained and normalize_inputs must be True or False, got {pretrained!r}, "
+                            f"{normalize_inputs!r}")
         if model is None:
             model = self.build_network(self.default_backbone if backbone is None else backbone, pretrained,
                                        normalize_inputs)
         elif backbone is not None:
             raise TypeError(f"{type(self).__name__} got both model= and backbone=: pass one of them")
+        elif normalize_inputs or not pretrained:
+            given = "normalize_inputs=True" if normalize_inputs else "pretrained=False"
+            raise TypeError(f"{type(self).__name__} got model= and {given}, which only shape a network the strategy "
+                            "builds itself; build the model with it (build_prompted_classifier(backbone, pretrained, "
+                            "make_prompt_module, normalize_inputs=...)) or override build_network instead of "
+                            "passing model=")
         base_lr = self.default_base_lr if base_lr is None else base_lr
         train_epochs = self.default_train_epochs if train_epochs is None else train_epochs
+        check_run_lengths(train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size)
+        check_rates(lr=lr, base_lr=base_lr, clip_grad_norm=clip_grad_norm, norm_lr_scale=norm_lr_scale)
         backend = compile_backend(compile)          # refuses a non-bool, or True where torch.compile cannot run
         check_criterion(type(self).__name__, criterion)
         if cross_entropy_over not in CROSS_ENTROPY_OVER:
@@ -227,8 +266,6 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
         self.cross_entropy_over = cross_entropy_over
         self._warned_one_class = False
         self._warned_undefined_loss = False
-        if train_mb_size < 1 or train_epochs < 1:
-            raise ValueError(f"train_mb_size and train_epochs must be >= 1, got {train_mb_size}, {train_epochs}")
         if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         self.lr = resolve_lr(lr, base_lr * train_mb_size / 256, optimizer if optimizer_factory is None else None)
