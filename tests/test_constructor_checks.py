@@ -1,10 +1,12 @@
 """Constructor arguments that would train wrongly with no error are refused; settings that shape training are
 compared on resume (found by trying 0.2 as a user would)."""
+import inspect
+
 import pytest
 import torch
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 
-from avalanche_convprompt import L2P, ConvPrompt, SequentialFineTuning
+from avalanche_convprompt import L2P, CodaPrompt, ConvPrompt, DualPrompt, JointTraining, SequentialFineTuning
 from avalanche_convprompt.evaluation import default_cl_evaluator
 from avalanche_convprompt.methods import build_prompted_classifier
 from avalanche_convprompt.runs.checkpoint import SettingsChanged, maybe_load_checkpoint, save_checkpoint
@@ -84,3 +86,43 @@ def test_resuming_under_another_loss_optimizer_or_schedule_is_refused(tmp_path, 
     with pytest.raises(SettingsChanged, match=key):
         maybe_load_checkpoint(_build(**changed), tmp_path / "run.pt")
     assert maybe_load_checkpoint(_build(), tmp_path / "run.pt")[1] == 1
+
+
+def test_freezing_the_lower_bounds_heads_is_refused_clearly():
+    with pytest.raises(ValueError, match=r"SequentialFineTuning trains every head on every experience"):
+        SequentialFineTuning(backbone=tiny_vit(), device="cpu", evaluator=None, freeze_old_heads=True)
+
+
+@pytest.mark.parametrize("cls, base_lr, epochs, schedule", [
+    (ConvPrompt, 0.005, 10, "epoch_cosine"), (L2P, 0.03, 5, "constant"), (DualPrompt, 0.005, 5, "constant"),
+    (CodaPrompt, 0.002, 20, "cosine"), (SequentialFineTuning, 0.005, 10, "epoch_cosine"),
+    (JointTraining, 0.005, 10, "epoch_cosine")])
+def test_the_signature_shows_every_argument_with_the_classs_own_defaults(cls, base_lr, epochs, schedule):
+    """help() and inspect.signature show the shared arguments too, not only a strategy's own plus **kwargs."""
+    params = inspect.signature(cls).parameters
+    for name in ("backbone", "pretrained", "lr", "clip_grad_norm", "train_mb_size", "eval_mb_size", "device",
+                 "plugins", "evaluator", "precision", "optimizer_factory"):
+        assert name in params, name
+    assert (params["base_lr"].default, params["train_epochs"].default, params["lr_schedule"].default) == (
+        base_lr, epochs, schedule)
+    assert "model" not in params and "make_prompt_module" not in params          # not the caller's to pass
+    assert all(p.kind == p.KEYWORD_ONLY for p in params.values())
+    small = {ConvPrompt: dict(prompt_layers=(0, 1), kernel_size=3), DualPrompt: dict(g_layers=(0,), e_layers=(1,)),
+             CodaPrompt: dict(prompt_layers=(0, 1))}.get(cls, {})
+    built = cls(backbone=tiny_vit(), device="cpu", evaluator=None, **small)
+    assert (built.train_epochs, built.lr_schedule) == (epochs, schedule)        # the shown defaults are the real ones
+
+
+def test_a_users_subclass_shows_its_own_arguments_and_defaults_first():
+    class MyL2P(L2P):
+        default_base_lr = 0.01
+
+        def __init__(self, *, temperature: float = 2.0, **kwargs):
+            self.temperature = temperature
+            super().__init__(**kwargs)
+
+    params = inspect.signature(MyL2P).parameters
+    assert list(params)[:3] == ["temperature", "pool_size", "prompt_length"]
+    assert params["base_lr"].default == 0.01 and params["train_epochs"].default == 5
+    strategy = MyL2P(backbone=tiny_vit(), device="cpu", evaluator=None, temperature=3.0, train_mb_size=256)
+    assert (strategy.temperature, strategy.lr) == (3.0, 0.01)

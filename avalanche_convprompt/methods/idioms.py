@@ -62,9 +62,11 @@ class OneClassExperienceWarning(UserWarning):
 
 
 def _init_parameters(cls) -> Sequence[str]:
-    """Names ``cls.__init__`` accepts (Avalanche's wrapper keeps the signature through ``__wrapped__``)."""
+    """Names ``cls`` accepts: its merged signature (``strategy_signature``: ``model`` only where the class
+    does not build its own network), else its ``__init__``'s."""
     try:
-        return tuple(inspect.signature(cls.__init__).parameters)
+        signature = getattr(cls, "__signature__", None) or inspect.signature(cls.__init__)
+        return tuple(signature.parameters)
     except (TypeError, ValueError):
         return ()
 

@@ -21,6 +21,7 @@ construction, model growth and the training loader; every name it had is still i
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -50,6 +51,46 @@ from .idioms import OneClassExperienceWarning, UndefinedLossWarning, gdumb_plugi
 from .optimisation import check_schedule_owner, experience_schedule, install_groups  # noqa: F401
 from .optimisation import epoch_cosine, epoch_quarter_cosine  # noqa: F401  (public here since 0.1)
 from .precision import autocast, make_scaler  # noqa: F401
+
+
+#: template arguments whose default a strategy class sets with a class attribute
+_CLASS_DEFAULTS = {"lr_schedule": "default_lr_schedule", "base_lr": "default_base_lr",
+                   "train_epochs": "default_train_epochs", "backbone": "default_backbone"}
+
+
+def strategy_signature(cls) -> inspect.Signature:
+    """Every keyword argument a strategy class takes, with its effective default (what ``help`` and
+    ``inspect.signature`` show).
+
+    A strategy's ``__init__`` names only its own arguments and passes the rest on in ``**kwargs``; this
+    collects them up the class hierarchy (the class's own first), fills in the defaults the class sets with
+    ``default_*`` attributes, and leaves out what a parent's subclasses supply themselves
+    (``supplied_by_subclasses``) and ``model=`` where the class builds its own network.
+    """
+    params: Dict[str, inspect.Parameter] = {}
+    hidden = set()
+    builds_network = cls.build_network is not PromptedViTTemplate.build_network
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass is not cls:
+            hidden.update(getattr(klass, "supplied_by_subclasses", ()) if klass.__dict__.get("__init__") else ())
+        open_ended = False
+        for name, p in inspect.signature(init).parameters.items():
+            if name == "self" or p.kind == p.VAR_POSITIONAL:
+                continue
+            if p.kind == p.VAR_KEYWORD:
+                open_ended = True
+                continue
+            if name in params or name in hidden or (name == "model" and builds_network):
+                continue
+            if name in _CLASS_DEFAULTS:
+                p = p.replace(default=getattr(cls, _CLASS_DEFAULTS[name]))
+            params[name] = p.replace(kind=p.KEYWORD_ONLY)
+        if not open_ended or klass is PromptedViTTemplate:
+            break
+    return inspect.Signature(list(params.values()))
 
 
 def _is_number(value) -> bool:
@@ -220,6 +261,13 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
     default_train_epochs = 10
     #: the timm ViT a strategy that builds its own network starts from when ``backbone`` is not given
     default_backbone = CONVPROMPT_BACKBONE
+
+    #: arguments of this class's ``__init__`` that its subclasses supply themselves (hidden from their signature)
+    supplied_by_subclasses: tuple = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = strategy_signature(cls)
 
     def __new__(cls, *args, **kwargs):
         """Refuse positional arguments, ``model=`` and a criterion it would ignore, before anything is built."""
@@ -435,6 +483,9 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
         self.warn_if_one_class()
 
 
+PromptedViTTemplate.__signature__ = strategy_signature(PromptedViTTemplate)
+
+
 class QueryPromptTemplate(PromptedViTTemplate):
     """What L2P, DualPrompt and CODA-Prompt share: a query-based prompt module over a fully frozen ViT.
 
@@ -454,6 +505,8 @@ class QueryPromptTemplate(PromptedViTTemplate):
 
     #: how each head's ``Linear`` starts (L2P's and DualPrompt's references: timm's ``trunc_normal_(std=.02)``)
     head_init = "trunc_normal"
+
+    supplied_by_subclasses = ("make_prompt_module",)
 
     def __init__(self, *, make_prompt_module: Callable[[PromptedViT], nn.Module], matching_weight: float = 0.0,
                  **template_kwargs):

@@ -35,6 +35,9 @@ class SequentialFineTuning(PromptedViTTemplate):
         if kwargs.pop("cross_entropy_over", "seen") != "seen":
             raise ValueError("SequentialFineTuning always trains over every class seen so far "
                              "(cross_entropy_over='seen'): that is what makes it the lower bound")
+        if kwargs.pop("freeze_old_heads", False):
+            raise ValueError("SequentialFineTuning trains every head on every experience (freeze_old_heads=False): "
+                             "that is what makes it the lower bound")
         super().__init__(freeze_old_heads=False, **kwargs)
         self.cross_entropy_over = "seen"      # what its loss covers (the one-class warning reads it)
 
