@@ -234,6 +234,11 @@ def test_checkpoints_round_trip_in_fp16_atomically_and_bad_ones_fail_clearly(tmp
         load_backbone_checkpoint(build_offline_backbone(), tmp_path / "nothing.pt")
     with pytest.raises(RuntimeError, match="does not match"):
         load_backbone_checkpoint(torch.nn.Linear(2, 2), path)
+    torch.save({"weight": torch.zeros(1), "extra": object()}, tmp_path / "pickled.pt")   # not weights only
+    with pytest.raises(RuntimeError) as pickled:
+        load_backbone_checkpoint(build_offline_backbone(), tmp_path / "pickled.pt")
+    assert "holds objects other than tensors (refused: loading it could run code)" in str(pickled.value)
+    assert "weights_only" not in str(pickled.value)           # never torch's advice to unpickle it anyway
 
 
 SHIPPED = "avalanche_convprompt/data/assets/vit_tiny_synthshapes.pt"

@@ -139,6 +139,8 @@ def _load(backbone: nn.Module, path: Path, shipped: bool) -> nn.Module:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         reason = (str(err).strip().splitlines() or [""])[0]
+        if reason.startswith("Weights only load failed"):      # torch's advice to unpickle anyway: not ours to give
+            reason = "it holds objects other than tensors (refused: loading it could run code), or is corrupt"
         kind = type(err).__qualname__ if type(err).__module__ == "builtins" else \
             f"{type(err).__module__}.{type(err).__qualname__}"
         what = f"the shipped offline backbone {_SHIPPED_NAME} ({path})" if shipped else f"offline backbone checkpoint {path}"
