@@ -126,3 +126,17 @@ def test_a_users_subclass_shows_its_own_arguments_and_defaults_first():
     assert params["base_lr"].default == 0.01 and params["train_epochs"].default == 5
     strategy = MyL2P(backbone=tiny_vit(), device="cpu", evaluator=None, temperature=3.0, train_mb_size=256)
     assert (strategy.temperature, strategy.lr) == (3.0, 0.01)
+
+
+@pytest.mark.parametrize("kwargs", [dict(train_epochs=2.5), dict(clip_grad_norm=0), dict(lr_schedule="cosin"),
+                                    dict(precision="8")])
+def test_a_bad_argument_is_refused_before_the_network_is_built(monkeypatch, kwargs):
+    """The default backbone's weights are not loaded (or fetched) for a strategy whose arguments are wrong."""
+    import avalanche_convprompt.methods.template as template
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the network was built before the arguments were checked")
+
+    monkeypatch.setattr(template, "resolve_backbone", no_backbone)
+    with pytest.raises((TypeError, ValueError)):
+        L2P(device="cpu", evaluator=None, **kwargs)

@@ -75,7 +75,7 @@ def strategy_signature(cls) -> inspect.Signature:
         if init is None:
             continue
         if klass is not cls:
-            hidden.update(getattr(klass, "supplied_by_subclasses", ()) if klass.__dict__.get("__init__") else ())
+            hidden.update(klass.__dict__.get("supplied_by_subclasses", ()))
         open_ended = False
         for name, p in inspect.signature(init).parameters.items():
             if name == "self" or p.kind == p.VAR_POSITIONAL:
@@ -289,12 +289,9 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
         if not isinstance(pretrained, bool) or not isinstance(normalize_inputs, bool):
             raise TypeError(f"pretrained and normalize_inputs must be True or False, got {pretrained!r}, "
                             f"{normalize_inputs!r}")
-        if model is None:
-            model = self.build_network(self.default_backbone if backbone is None else backbone, pretrained,
-                                       normalize_inputs)
-        elif backbone is not None:
+        if model is not None and backbone is not None:
             raise TypeError(f"{type(self).__name__} got both model= and backbone=: pass one of them")
-        elif normalize_inputs or not pretrained:
+        if model is not None and (normalize_inputs or not pretrained):
             given = "normalize_inputs=True" if normalize_inputs else "pretrained=False"
             raise TypeError(f"{type(self).__name__} got model= and {given}, which only shape a network the strategy "
                             "builds itself; build the model with it (build_prompted_classifier(backbone, pretrained, "
@@ -330,8 +327,6 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
         self.precision = resolve_precision(precision)
         self.scaler = None                  # precision "16": a GradScaler, made per experience by make_optimizer
         self.skipped_steps = 0              # updates the scaler skipped in the current experience
-        model.heads.task_incremental = bool(task_incremental)
-        model.backbone.compile_backend = backend
         self._warned_task_labels = False
         self._nonfinite_test_images = None      # NaN/Inf test images counted on the device (see eval_epoch)
         self.experience_plan: Optional[ExperiencePlan] = None   # how the experience being trained is learned
@@ -339,6 +334,11 @@ class PromptedViTTemplate(ExperienceChecks, TemplateLosses, OptimizerSteps, Prec
         self._current_class_ids: Optional[Tensor] = None
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         check_supported(self.precision, device)
+        if model is None:       # built once every argument is checked: a bad one fails before any weights load
+            model = self.build_network(self.default_backbone if backbone is None else backbone, pretrained,
+                                       normalize_inputs)
+        model.heads.task_incremental = bool(task_incremental)
+        model.backbone.compile_backend = backend
         # Avalanche wants the optimizer now: the same object trains every experience (see make_optimizer)
         optimizer = first_optimizer([p for p in model.parameters() if p.requires_grad], self.lr,
                                     optimizer, optimizer_factory)
