@@ -40,9 +40,8 @@ class DualPrompt(QueryPromptTemplate):
         train_epochs: default 5.
         Others: as :class:`~avalanche_convprompt.methods.template.QueryPromptTemplate`
         (``backbone``, ``pretrained``, ``normalize_inputs``) and
-        :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`, defaults included
-        (``backbone="vit_base_patch16_224.augreg_in21k"``, ``clip_grad_norm=1.0``,
-        ``train_mb_size=128``, ...).
+        :class:`~avalanche_convprompt.methods.template.PromptedViTTemplate`;
+        ``help(DualPrompt)`` lists every argument with this class's default.
     """
 
     default_lr_schedule = "constant"
